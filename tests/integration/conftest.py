@@ -1,0 +1,39 @@
+"""Shared helpers for the testinfra checks of every Molecule scenario.
+
+The expected values are the role variables as Ansible resolves them for the
+host: the role's defaults/main.yml, overridden by the inventory (group_vars
+and host_vars that Molecule links from inventories/local). Templated defaults
+are not rendered here, so tests only compare literal settings.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def role_defaults(role: str) -> dict:
+    """Return the parsed defaults/main.yml of a role of this repository."""
+    path = ROOT / "roles" / role / "defaults" / "main.yml"
+    return yaml.safe_load(path.read_text()) or {}
+
+
+@pytest.fixture(scope="module")
+def inventory_vars(host) -> dict:
+    """Inventory variables of the host under test (group_vars + host_vars)."""
+    return host.ansible.get_variables()
+
+
+@pytest.fixture(scope="module")
+def role_vars(inventory_vars):
+    """role_vars("common") -> effective variables of role common for the host."""
+
+    def resolve(role: str) -> dict:
+        merged = role_defaults(role)
+        merged.update({k: v for k, v in inventory_vars.items() if k.startswith(f"{role}_")})
+        return merged
+
+    return resolve
