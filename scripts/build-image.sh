@@ -29,12 +29,13 @@ build_one() {
   command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install debootstrap (as root)"
   [ "$(id -u)" -eq 0 ] || die "debootstrap needs root to build $tag"
   start=$(date +%s)
-  rootfs="$workdir/$SUITE"
+  local slot=${IMAGE_NAME//\//_}
+  rootfs="$workdir/$slot"
   rm -rf "$rootfs"
   mkdir -p "$rootfs"
   echo "build-image: debootstrap $SUITE into $rootfs"
   debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$rootfs" "$MIRROR" \
-    >"$workdir/$SUITE.log" 2>&1 || { tail -20 "$workdir/$SUITE.log" >&2; die "debootstrap $SUITE failed"; }
+    >"$workdir/$slot.log" 2>&1 || { tail -20 "$workdir/$slot.log" >&2; die "debootstrap $SUITE failed"; }
   # The sources a real Debian host has: the release, its updates, security.
   cat >"$rootfs/etc/apt/sources.list" <<SOURCES
 deb $MIRROR $SUITE main
