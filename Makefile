@@ -2,7 +2,7 @@
 #   make up     converge the local environment: one Debian 13 container host
 #               (inventories/local) with the whole site; re-runnable
 #   make down   remove that host
-#   make test   everything CI runs: lint, unit tests, every Molecule scenario
+#   make test   everything CI runs: lint, unit tests, the app image, every Molecule scenario
 # Everything else is a building block of those three.
 
 SHELL       := /bin/bash
@@ -15,10 +15,10 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PY_COLORS := 0
 export ANSIBLE_FORCE_COLOR := 0
 SCENARIOS   ?= default bookworm
-IMAGES      ?= images/debian13.conf images/debian12.conf
+IMAGES      ?= images/debian13.conf images/debian12.conf images/app-base.conf
 TIMINGS     := .build/timings.txt
 
-.PHONY: up down test lint unit molecule venv docker images plan clean help
+.PHONY: up down test lint unit app-image molecule venv docker images plan clean help
 
 help:
 	@sed -n '2,6p' Makefile | sed 's/^# \{0,1\}//'
@@ -44,12 +44,15 @@ lint: venv
 unit: venv
 	scripts/timed.sh $(TIMINGS) "unit: pytest" pytest tests/unit
 
+app-image: venv images
+	scripts/timed.sh $(TIMINGS) "app image: pytest" pytest tests/app
+
 molecule: venv images
 	@for s in $(SCENARIOS); do scripts/molecule-test.sh $$s $(TIMINGS); done
 
 test: venv
 	@mkdir -p .build; : > $(TIMINGS)
-	$(MAKE) --no-print-directory lint unit molecule
+	$(MAKE) --no-print-directory lint unit app-image molecule
 	@echo; echo "== phase times (seconds)"; cat $(TIMINGS)
 
 up: venv images
