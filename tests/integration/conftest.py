@@ -7,18 +7,10 @@ are not rendered here, so tests only compare literal settings.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import pytest
-import yaml
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def role_defaults(role: str) -> dict:
-    """Return the parsed defaults/main.yml of a role of this repository."""
-    path = ROOT / "roles" / role / "defaults" / "main.yml"
-    return yaml.safe_load(path.read_text()) or {}
+from stack import PLAN_FILE, role_defaults
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +29,11 @@ def role_vars(inventory_vars):
         return merged
 
     return resolve
+
+
+@pytest.fixture(scope="module")
+def plan(host) -> dict:
+    """The capacity plan this host was converged with (root:root 0644)."""
+    f = host.file(PLAN_FILE)
+    assert f.exists and f.user == "root" and f.mode == 0o644
+    return json.loads(f.content_string)

@@ -5,19 +5,6 @@ must describe the machine it is on.
 """
 from __future__ import annotations
 
-import json
-
-import pytest
-
-PLAN_FILE = "/etc/celery-stack/capacity-plan.json"
-
-
-@pytest.fixture(scope="module")
-def plan(host) -> dict:
-    f = host.file(PLAN_FILE)
-    assert f.exists and f.user == "root" and f.mode == 0o644
-    return json.loads(f.content_string)
-
 
 def test_plan_uses_the_real_host_size(host, plan):
     vcpus = int(host.run("nproc --all").stdout)

@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import pytest
+from stack import in_container, role_defaults
 
 # Units allowed to fail in a container host, with the reason. Empty: a
 # converged host must report "running", not "degraded".
 ALLOWED_FAILED_UNITS: dict[str, str] = {}
 
 GLOBAL_PREFIXES = ("vm.", "fs.", "kernel.")
-
-
-def in_container(host) -> bool:
-    return host.run("systemd-detect-virt --container --quiet").rc == 0
 
 
 def test_systemd_is_running(host):
@@ -24,8 +21,6 @@ def test_systemd_is_running(host):
 
 
 def sysctl_cases():
-    from conftest import role_defaults
-
     return sorted(role_defaults("common")["common_sysctl"])
 
 

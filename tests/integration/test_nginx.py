@@ -14,13 +14,10 @@ import json
 import math
 import re
 import shlex
-from pathlib import Path
 
 import pytest
+from stack import SECRETS
 
-ROOT = Path(__file__).resolve().parents[2]
-SECRETS = ROOT / ".secrets" / "local"
-PLAN_FILE = "/etc/celery-stack/capacity-plan.json"
 BASE = "https://127.0.0.1"
 
 
@@ -33,11 +30,6 @@ def web_host(inventory_vars):
 @pytest.fixture(scope="module")
 def cfg(role_vars) -> dict:
     return role_vars("nginx")
-
-
-@pytest.fixture(scope="module")
-def plan(host) -> dict:
-    return json.loads(host.file(PLAN_FILE).content_string)
 
 
 def https_base(cfg) -> str:

@@ -7,25 +7,16 @@ concurrent clients through PgBouncer and samples what PostgreSQL sees.
 """
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import pytest
+from stack import listening, secret
 
-ROOT = Path(__file__).resolve().parents[2]
-SECRETS = ROOT / ".secrets" / "local"
-PLAN_FILE = "/etc/celery-stack/capacity-plan.json"
 
 LOAD_CLIENTS = 500
 LOAD_SECONDS = 15
 # pgbench's own descriptors: one socket per client plus its files.
 LOAD_NOFILE = 4096
-
-
-def secret(name: str) -> str:
-    """A password generated on the controller by the local inventory's password lookup."""
-    return (SECRETS / name).read_text().split()[0]
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -43,8 +34,9 @@ def cfg(host, role_vars, inventory_vars) -> dict:
 
 
 @pytest.fixture(scope="module")
-def plan(host, cfg) -> dict:
-    return json.loads(host.file(PLAN_FILE).content_string)["pgbouncer"]
+def pools(plan, cfg) -> dict:
+    """The PgBouncer part of the capacity plan."""
+    return plan["pgbouncer"]
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +64,14 @@ def show_config(host, cfg) -> dict[str, str]:
 
 def test_listens_only_where_configured(host, cfg):
     port = cfg["pgbouncer_listen_port"]
-    sockets = {line.split()[3] for line in host.run("ss -Hltn").stdout.splitlines() if line.split()[3].endswith(f":{port}")}
+    sockets = listening(host, port)
     assert sockets == {f"{address}:{port}" for address in cfg["pgbouncer_listen_addresses"]}
     assert not sockets & {f"0.0.0.0:{port}", f"*:{port}", f"[::]:{port}"}
 
 
-def test_pools_equal_the_plan(show_config, plan):
+def test_pools_equal_the_plan(show_config, pools):
     keys = ("pool_mode", "max_client_conn", "default_pool_size", "reserve_pool_size", "max_db_connections")
-    assert {k: show_config[k] for k in keys} == {k: str(plan[k]) for k in keys}
+    assert {k: show_config[k] for k in keys} == {k: str(pools[k]) for k in keys}
     assert show_config["pool_mode"] == "transaction"
 
 
@@ -101,13 +93,13 @@ def test_auth_and_transaction_mode_settings(show_config, cfg):
     assert show_config["ignore_startup_parameters"] == ",".join(cfg["pgbouncer_ignore_startup_parameters"])
 
 
-def test_file_descriptor_limit(host, plan):
-    assert host.run("systemctl show pgbouncer -p LimitNOFILE --value").stdout.strip() == str(plan["fd_limit"])
+def test_file_descriptor_limit(host, pools):
+    assert host.run("systemctl show pgbouncer -p LimitNOFILE --value").stdout.strip() == str(pools["fd_limit"])
     pid = host.run("systemctl show pgbouncer -p MainPID --value").stdout.strip()
     assert pid not in ("", "0"), "pgbouncer is not running"
     limits = host.file(f"/proc/{pid}/limits").content_string
     soft, hard = re.search(r"^Max open files\s+(\d+)\s+(\d+)", limits, re.M).groups()
-    assert (int(soft), int(hard)) == (plan["fd_limit"], plan["fd_limit"])
+    assert (int(soft), int(hard)) == (pools["fd_limit"], pools["fd_limit"])
 
 
 def test_auth_file_has_no_application_password(host, cfg):
@@ -169,11 +161,11 @@ rm -rf "$dir"
 """
 
 
-def test_500_clients_through_pgbouncer(host, cfg, plan, capsys):
+def test_500_clients_through_pgbouncer(host, cfg, pools, capsys):
     """500 concurrent clients, short transactions: no error, PostgreSQL sees at most max_db_connections."""
     if not cfg["is_db_host"]:
         pytest.skip("the load test samples pg_stat_activity: all-in-one hosts only")
-    assert plan["max_client_conn"] >= LOAD_CLIENTS, "capacity_pgbouncer_max_client_conn must admit the load test"
+    assert pools["max_client_conn"] >= LOAD_CLIENTS, "capacity_pgbouncer_max_client_conn must admit the load test"
     db = cfg["pgbouncer_databases"][0]["name"]
     script = LOAD_SCRIPT.format(
         nofile=LOAD_NOFILE,
@@ -198,11 +190,11 @@ def test_500_clients_through_pgbouncer(host, cfg, plan, capsys):
             f"\n[pgbouncer load] clients={found['clients']} transactions={found['transactions']}"
             f" tps={found['tps']} failed={found['failed']} pgbench_rc={result.get('pgbench_rc')}"
             f" peak server connections to {db}: all users {result.get('peak_db')}, app {result.get('peak_user')}"
-            f" (planned max_db_connections {plan['max_db_connections']}, {result.get('samples')} samples)"
+            f" (planned max_db_connections {pools['max_db_connections']}, {result.get('samples')} samples)"
         )
     assert result.get("pgbench_rc") == "0", out
     assert found["clients"] == str(LOAD_CLIENTS), out
     assert int(found["transactions"] or 0) > 0, out
     assert found["failed"] in ("0", None) and "error" not in out.lower(), out
     assert int(result["samples"]) >= 10, out
-    assert 1 <= int(result["peak_user"]) <= int(result["peak_db"]) <= plan["max_db_connections"], out
+    assert 1 <= int(result["peak_user"]) <= int(result["peak_db"]) <= pools["max_db_connections"], out

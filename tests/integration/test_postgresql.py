@@ -7,15 +7,11 @@ never from the configuration files.
 """
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import pytest
+from stack import listening, secret
 
-ROOT = Path(__file__).resolve().parents[2]
-SECRETS = ROOT / ".secrets" / "local"
-PLAN_FILE = "/etc/celery-stack/capacity-plan.json"
 DROPIN = "conf.d/60-celery-stack.conf"
 
 # Units of pg_settings and of postgresql.conf values, in kB (memory) or ms (time).
@@ -24,21 +20,11 @@ TIME_UNITS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d
 BOOLEANS = {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 
 
-def secret(name: str) -> str:
-    """A password generated on the controller by the local inventory's password lookup."""
-    return (SECRETS / name).read_text().split()[0]
-
-
 @pytest.fixture(scope="module")
 def cfg(host, role_vars, inventory_vars) -> dict:
     if "db" not in inventory_vars.get("group_names", []):
         pytest.skip("not a db host")
     return role_vars("postgresql")
-
-
-@pytest.fixture(scope="module")
-def plan(host, cfg) -> dict:
-    return json.loads(host.file(PLAN_FILE).content_string)
 
 
 def sql(host, query: str) -> list[list[str]]:
@@ -101,7 +87,7 @@ def mismatches(settings: dict, expected: dict) -> list[str]:
 
 def test_listens_only_where_configured(host, cfg):
     port = cfg["postgresql_port"]
-    sockets = {line.split()[3] for line in host.run("ss -Hltn").stdout.splitlines() if line.split()[3].endswith(f":{port}")}
+    sockets = listening(host, port)
     assert sockets == {f"{address}:{port}" for address in cfg["postgresql_listen_addresses"]}
     assert not sockets & {f"0.0.0.0:{port}", f"*:{port}", f"[::]:{port}"}
 

@@ -9,16 +9,13 @@ Passwords are the ones generated on the controller into .secrets/local/.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import shlex
 import time
-from pathlib import Path
 
 import pytest
+from stack import in_container, secret
 
-PLAN_FILE = "/etc/celery-stack/capacity-plan.json"
-SECRETS = Path(__file__).resolve().parents[2] / ".secrets" / "local"
 INSTANCES = ("broker", "cache")
 UNIT = "celery-stack-redis@{}.service"
 FLAVORS = {
@@ -45,19 +42,6 @@ REFUSED_FOR_APP = [
 ]
 
 
-def in_container(host) -> bool:
-    return host.run("systemd-detect-virt --container --quiet").rc == 0
-
-
-def secret(name: str) -> str:
-    return (SECRETS / name).read_text().strip()
-
-
-@pytest.fixture(scope="module")
-def plan(host) -> dict:
-    f = host.file(PLAN_FILE)
-    assert f.exists and f.user == "root" and f.mode == 0o644
-    return json.loads(f.content_string)
 
 
 @pytest.fixture(scope="module")
