@@ -341,9 +341,9 @@ def test_golden_3_seed_all_in_one_host_fits() -> None:
     assert plan["warnings"] == []
 
 
-def test_golden_3_table_is_in_the_docs() -> None:
+def test_golden_3_table_is_in_the_readme() -> None:
     table = format_plan(build_plan(SEED_HOST, ALL, SEED_WORKLOAD))
-    assert table in (ROOT / "docs" / "capacity.md").read_text()
+    assert table in (ROOT / "README.md").read_text()
 
 
 def _inventory_workload(environment: str) -> tuple[dict, dict]:
