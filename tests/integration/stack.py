@@ -19,6 +19,11 @@ def role_defaults(role: str) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
+def default_names(role: str, variable: str) -> list[str]:
+    """The ``name`` of every entry of a list variable in a role's defaults (test parameters)."""
+    return [entry["name"] for entry in role_defaults(role)[variable]]
+
+
 def secret(name: str) -> str:
     """A password generated on the controller by the local inventory's password lookup."""
     return (SECRETS / name).read_text().split()[0]

@@ -16,7 +16,7 @@ import re
 import shlex
 
 import pytest
-from stack import SECRETS
+from stack import SECRETS, default_names
 
 BASE = "https://127.0.0.1"
 
@@ -152,13 +152,7 @@ def test_tls_protocols_and_certificate(host, cfg, inventory_vars):
         assert "DNS:localhost" in san.stdout and "IP Address:127.0.0.1" in san.stdout
 
 
-def limit_cases():
-    from conftest import role_defaults
-
-    return [limit["name"] for limit in role_defaults("nginx")["nginx_rate_limits"]]
-
-
-@pytest.mark.parametrize("name", limit_cases())
+@pytest.mark.parametrize("name", default_names("nginx", "nginx_rate_limits"))
 def test_burst_above_the_limit_gets_429_with_retry_after(host, cfg, name):
     limits = {limit["name"]: limit for limit in cfg["nginx_rate_limits"]}
     if name not in limits:
@@ -209,13 +203,7 @@ def test_rate_limited_answer_has_security_headers(host, cfg):
     assert "strict-transport-security" in headers
 
 
-def protected_cases():
-    from conftest import role_defaults
-
-    return [ui["name"] for ui in role_defaults("nginx")["nginx_protected_locations"]]
-
-
-@pytest.mark.parametrize("name", protected_cases())
+@pytest.mark.parametrize("name", default_names("nginx", "nginx_protected_locations"))
 def test_protected_location_needs_credentials(host, cfg, name):
     uis = {ui["name"]: ui for ui in cfg["nginx_protected_locations"]}
     if name not in uis:
