@@ -243,6 +243,45 @@ def test_bad_celery_config_is_refused_naming_the_variable(image: str) -> None:
     assert proc.returncode != 0 and "CELERY_TIME_LIMIT=10 must be greater" in proc.stderr
 
 
+BEAT = """
+import json
+from refapp.celery_app import ConfigError, config_from_env
+good = {"heartbeat": {"task": "refapp.write_row", "every": 30, "args": ["hb"], "options": {"queue": "low"}},
+        "nightly": {"task": "refapp.fail_task", "crontab": {"minute": 0, "hour": 2}}}
+schedule = config_from_env({"CELERY_BEAT_SCHEDULE": json.dumps(good)})["beat_schedule"]
+print(json.dumps({name: [e["task"], repr(e["schedule"]), e["args"], e["options"]] for name, e in schedule.items()}))
+for bad in [
+    "[1]",
+    {"x": {"every": 5}},
+    {"x": {"task": "t", "every": 5, "crontab": {"minute": 1}}},
+    {"x": {"task": "t", "every": -1}},
+    {"x": {"task": "t", "crontab": {"minute": "99"}}},
+    {"x": {"task": "t", "every": 5, "queue": "low"}},
+]:
+    try:
+        config_from_env({"CELERY_BEAT_SCHEDULE": bad if isinstance(bad, str) else json.dumps(bad)})
+        print("ACCEPTED", bad)
+    except ConfigError as exc:
+        print(exc)
+"""
+
+
+def test_beat_schedule_comes_from_env(image: str) -> None:
+    first, *refusals = run_python(image, BEAT).stdout.splitlines()
+    schedule = json.loads(first)
+    assert schedule["heartbeat"][0] == "refapp.write_row"
+    assert schedule["heartbeat"][1] == "30.0"
+    assert schedule["heartbeat"][2:] == [["hb"], {"queue": "low"}]
+    assert schedule["nightly"][1].startswith("<crontab: 0 2 ")
+    assert not [line for line in refusals if line.startswith("ACCEPTED")], refusals
+    assert refusals[0].startswith("CELERY_BEAT_SCHEDULE must be a JSON object")
+    assert refusals[1] == "CELERY_BEAT_SCHEDULE['x'] must be an object with a task name"
+    assert refusals[2] == "CELERY_BEAT_SCHEDULE['x'] needs exactly one of every (seconds) or crontab"
+    assert refusals[3].startswith("CELERY_BEAT_SCHEDULE['x'].every=-1 must be a positive")
+    assert refusals[4].startswith("CELERY_BEAT_SCHEDULE['x'].crontab is invalid")
+    assert refusals[5].startswith("CELERY_BEAT_SCHEDULE['x'] has unknown keys ['queue']")
+
+
 def test_healthz_names_both_failing_components(api: Api) -> None:
     status, body = api.request("GET", "/healthz")
     assert status == 503

@@ -19,6 +19,7 @@ from typing import Any
 
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
+from celery.schedules import crontab
 
 # Redis priorities: kombu emulates them with one list per step; 0 is the
 # HIGHEST priority and 9 the lowest (the reverse of RabbitMQ).
@@ -57,20 +58,78 @@ def _int(env: Mapping[str, str], name: str, minimum: int, maximum: int | None = 
     return value
 
 
-def _routes(env: Mapping[str, str]) -> dict[str, Any] | None:
-    raw = env.get("CELERY_TASK_ROUTES", "").strip()
+def _json(env: Mapping[str, str], name: str) -> tuple[Any, str] | None:
+    """The parsed JSON value of ``name`` and its text, or None when unset."""
+    raw = env.get(name, "").strip()
     if not raw:
         return None
     try:
-        routes = json.loads(raw)
+        return json.loads(raw), raw
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"CELERY_TASK_ROUTES is not valid JSON: {exc}") from None
+        raise ConfigError(f"{name} is not valid JSON: {exc}") from None
+
+
+def _routes(env: Mapping[str, str]) -> dict[str, Any] | None:
+    parsed = _json(env, "CELERY_TASK_ROUTES")
+    if parsed is None:
+        return None
+    routes, raw = parsed
     if not isinstance(routes, dict) or not all(
         isinstance(route, dict) and isinstance(route.get("queue"), str) and route["queue"] for route in routes.values()
     ):
         expected = '{"task name or glob": {"queue": "name", ...}}'
         raise ConfigError(f"CELERY_TASK_ROUTES must be a JSON object {expected}, got {raw!r}")
     return routes
+
+
+CRONTAB_FIELDS = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
+BEAT_ENTRY_KEYS = {"task", "every", "crontab", "args", "kwargs", "options"}
+
+
+def _beat_schedule(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """beat_schedule from CELERY_BEAT_SCHEDULE (JSON), e.g.
+
+    {"nightly-backup": {"task": "app.backup", "crontab": {"minute": 0, "hour": 2}},
+     "heartbeat": {"task": "refapp.write_row", "every": 30, "args": ["hb"], "options": {"queue": "low"}}}
+
+    Each entry has ``task`` and exactly one of ``every`` (seconds) or
+    ``crontab`` (Celery's crontab fields, UTC); ``args``, ``kwargs`` and
+    ``options`` (apply_async options such as queue) are optional.
+    """
+    parsed = _json(env, "CELERY_BEAT_SCHEDULE")
+    if parsed is None:
+        return None
+    entries, raw = parsed
+    if not isinstance(entries, dict):
+        raise ConfigError(f"CELERY_BEAT_SCHEDULE must be a JSON object of entries by name, got {raw!r}")
+    schedule: dict[str, Any] = {}
+    for name, entry in entries.items():
+        where = f"CELERY_BEAT_SCHEDULE[{name!r}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("task"), str) or not entry["task"]:
+            raise ConfigError(f"{where} must be an object with a task name")
+        unknown = set(entry) - BEAT_ENTRY_KEYS
+        if unknown:
+            raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; known: {sorted(BEAT_ENTRY_KEYS)}")
+        if ("every" in entry) == ("crontab" in entry):
+            raise ConfigError(f"{where} needs exactly one of every (seconds) or crontab")
+        if "every" in entry:
+            every = entry["every"]
+            if isinstance(every, bool) or not isinstance(every, (int, float)) or every <= 0:
+                raise ConfigError(f"{where}.every={every!r} must be a positive number of seconds")
+            when: Any = float(every)
+        else:
+            fields = entry["crontab"]
+            if not isinstance(fields, dict) or set(fields) - set(CRONTAB_FIELDS):
+                raise ConfigError(f"{where}.crontab must be an object with keys among {list(CRONTAB_FIELDS)}")
+            try:
+                when = crontab(**{key: str(value) for key, value in fields.items()})
+            except ValueError as exc:
+                raise ConfigError(f"{where}.crontab is invalid: {exc}") from None
+        args, kwargs, options = entry.get("args", []), entry.get("kwargs", {}), entry.get("options", {})
+        if not isinstance(args, list) or not isinstance(kwargs, dict) or not isinstance(options, dict):
+            raise ConfigError(f"{where}: args must be a list, kwargs and options objects")
+        schedule[name] = {"task": entry["task"], "schedule": when, "args": args, "kwargs": kwargs, "options": options}
+    return schedule
 
 
 def config_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -147,6 +206,9 @@ def config_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     routes = _routes(env)
     if routes is not None:
         config["task_routes"] = routes
+    beat_schedule = _beat_schedule(env)
+    if beat_schedule is not None:
+        config["beat_schedule"] = beat_schedule
     return config
 
 
