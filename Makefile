@@ -17,8 +17,14 @@ export ANSIBLE_FORCE_COLOR := 0
 SCENARIOS   ?= default bookworm
 IMAGES      ?= images/debian13.conf images/debian12.conf images/app-base.conf
 TIMINGS     := .build/timings.txt
+# Versions of the reference app delivered as `docker save` archives: the local
+# host starts on the first (app_initial_version), the tests deploy the second
+# and roll back. Rebuilt when the app, its lock or its base recipe change.
+APP_VERSIONS ?= 1.0.0 1.1.0
+APP_ARCHIVES := $(foreach v,$(APP_VERSIONS),.build/app-images/celery-stack-app-$(v).tar.gz)
+APP_SOURCES  := $(shell find compose/app -type f -not -name '*.pyc' 2>/dev/null) images/app-base.conf scripts/build-app-image.sh
 
-.PHONY: up down test lint unit app-image molecule venv docker images plan clean help
+.PHONY: up down test lint unit app-image app-archives molecule venv docker images plan clean help
 
 help:
 	@sed -n '2,6p' Makefile | sed 's/^# \{0,1\}//'
@@ -37,6 +43,12 @@ images: docker
 	@mkdir -p .build
 	scripts/timed.sh $(TIMINGS) "images" scripts/build-image.sh $(IMAGES)
 
+.build/app-images/celery-stack-app-%.tar.gz: $(APP_SOURCES) | images
+	@mkdir -p .build/app-images
+	scripts/timed.sh $(TIMINGS) "app archive $*" scripts/build-app-image.sh $* --save $@
+
+app-archives: $(APP_ARCHIVES)
+
 lint: venv
 	scripts/timed.sh $(TIMINGS) "lint: yamllint" yamllint --strict .
 	scripts/timed.sh $(TIMINGS) "lint: ansible-lint" ansible-lint --profile production
@@ -47,7 +59,7 @@ unit: venv
 app-image: venv images
 	scripts/timed.sh $(TIMINGS) "app image: pytest" pytest tests/app
 
-molecule: venv images
+molecule: venv images app-archives
 	@for s in $(SCENARIOS); do scripts/molecule-test.sh $$s $(TIMINGS); done
 
 test: venv
@@ -55,7 +67,7 @@ test: venv
 	$(MAKE) --no-print-directory lint unit app-image molecule
 	@echo; echo "== phase times (seconds)"; cat $(TIMINGS)
 
-up: venv images
+up: venv images app-archives
 	ansible-playbook playbooks/local-host.yml
 	ansible-playbook -i inventories/local playbooks/site.yml
 
