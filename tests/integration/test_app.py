@@ -444,3 +444,27 @@ def test_flower_only_through_nginx_with_basic_auth(host, pools, hostname):
     assert workers.rc == 0
     nodes = {worker["hostname"] for worker in json.loads(workers.stdout)["data"]}
     assert {f"{pool['name']}@{hostname}" for pool in pools} <= nodes
+
+
+# --- bad input stops before any change ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra_vars", "expected"),
+    [
+        ({"nginx_upstream_servers": ["127.0.0.1:8000"]},
+         "nginx_upstream_servers=['127.0.0.1:8000'] misses ['127.0.0.1:8001']: app_api_processes=2"),
+        ({"celery_beat_schedule": [{"name": "twice", "task": "refapp.write_row", "every": 5, "crontab": {"minute": 1}}]},
+         "celery_beat_schedule entry"),
+        ({"app_api_port": 70000}, "app_api_port"),
+    ],
+    ids=["upstreams-miss-an-api-process", "beat-entry-with-every-and-crontab", "api-port-out-of-range"],
+)
+def test_bad_application_input_fails_in_preflight_before_any_change(host, extra_vars, expected):
+    before = host.run(f"stat -c %Y {COMPOSE_FILE} /etc/celery-stack/workers/*.env").stdout
+    site = ansible_playbook("site.yml", "-e", json.dumps(extra_vars))
+    output = " ".join((site.stdout + site.stderr).split())
+    assert site.returncode != 0
+    assert expected in output, output[-2000:]
+    assert "Preflight" in output and "TASK [common : Install base packages]" not in output
+    assert host.run(f"stat -c %Y {COMPOSE_FILE} /etc/celery-stack/workers/*.env").stdout == before
