@@ -315,23 +315,36 @@ for _ in range(60):
 
 
 def test_upstream_proxy_headers_and_keepalive(host, cfg):
-    """A throw-away echo server on the upstream port sees what the application will see."""
-    match = re.fullmatch(r"127\.0\.0\.1:([0-9]+)", cfg["nginx_upstream_servers"][0].split()[0])
-    if not match:
-        pytest.skip("the first upstream is not on this host's loopback")
-    port = match.group(1)
-    if host.run(f"ss -Htln 'sport = :{port}'").stdout.strip():
-        pytest.skip(f"port {port} is in use (the application runs): not replacing it with an echo server")
+    """Throw-away echo servers on the upstream ports see what the application will see."""
+    matches = [re.fullmatch(r"127\.0\.0\.1:([0-9]+)", server.split()[0]) for server in cfg["nginx_upstream_servers"]]
+    if not all(matches):
+        pytest.skip("an upstream is not on this host's loopback")
+    ports = [match.group(1) for match in matches]
+    for port in ports:
+        if host.run(f"ss -Htln 'sport = :{port}'").stdout.strip():
+            pytest.skip(f"port {port} is in use (the application runs): not replacing it with an echo server")
     host.run(f"cat > /tmp/celery-stack-echo.py <<'EOF'\n{ECHO_SERVER}\nEOF")
-    pid = host.run(f"setsid timeout 60 python3 /tmp/celery-stack-echo.py {port} </dev/null >/dev/null 2>&1 & echo $!").stdout.strip()
+    # One echo server per upstream: nginx balances over all of them.
+    pids = [
+        host.run(f"setsid timeout 60 python3 /tmp/celery-stack-echo.py {port} </dev/null >/dev/null 2>&1 & echo $!").stdout.strip()
+        for port in ports
+    ]
     try:
-        assert host.run(f"for i in $(seq 50); do ss -Htln 'sport = :{port}' | grep -q . && exit 0; sleep 0.1; done; exit 1").rc == 0
+        for port in ports:
+            wait = f"for i in $(seq 50); do ss -Htln 'sport = :{port}' | grep -q . && exit 0; sleep 0.1; done; exit 1"
+            assert host.run(wait).rc == 0
+        # Requests of earlier tests found no upstream and marked the servers
+        # unavailable for fail_timeout (10 s): wait until nginx uses them again.
+        warmup = f"{https_base(cfg)}/echo/warmup"
+        ready = (f"for i in $(seq 60); do [ \"$(curl -sk -o /dev/null -w '%{{http_code}}' {warmup})\" = 200 ] && exit 0; "
+                 "sleep 0.5; done; exit 1")
+        assert host.run(ready).rc == 0, "nginx did not reach the echo servers within 30 s"
         urls = [f"{https_base(cfg)}/echo/{i}" for i in range(10)]
         out = curl(host, "-k", "-H", "X-Request-ID: testinfra-request-0001", *urls)
         answers = [json.loads(part) for part in out.replace("}{", "}\n{").splitlines()]
     finally:
-        # timeout(1) passes the signal on to the echo server.
-        host.run(f"kill {int(pid)}; rm -f /tmp/celery-stack-echo.py")
+        # timeout(1) passes the signal on to the echo servers.
+        host.run(f"kill {' '.join(str(int(pid)) for pid in pids)}; rm -f /tmp/celery-stack-echo.py")
     assert len(answers) == 10
     for answer in answers:
         headers = {k.lower(): v for k, v in answer["headers"].items()}
@@ -341,6 +354,6 @@ def test_upstream_proxy_headers_and_keepalive(host, cfg):
         assert headers["x-forwarded-proto"] == "https"
         assert headers["x-forwarded-for"] == "127.0.0.1"
         assert headers["x-request-id"] == "testinfra-request-0001"
-    # Keep-alive: the ten requests reuse upstream connections (at most one per worker).
+    # Keep-alive: the ten requests reuse upstream connections (at most one per worker and upstream).
     workers = len(host.process.filter(comm="nginx", user="www-data"))
-    assert len({a["port"] for a in answers}) <= workers
+    assert len({a["port"] for a in answers}) <= workers * len(ports)
