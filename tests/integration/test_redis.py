@@ -219,6 +219,33 @@ def test_broker_appends_and_cache_does_not_persist(host, cli, instance):
         assert not aof and not [f for f in files if f.endswith(".rdb")], files
 
 
+def test_transactions_survive_a_broker_restart(host, cli, instance):
+    """Kombu keeps tasks in flight (the unacked hash) and puts tasks back with MULTI/EXEC.
+
+    Redis 8.0 replays the AOF as the default user and re-checks ACLs on EXEC:
+    with a default user without rights every transaction vanished on restart,
+    with "CRITICAL ... NOPERM" lines in the log (redis/redis#14541).
+    """
+    if instance != "broker":
+        pytest.skip("only the broker persists (appendonly yes)")
+    key = f"testinfra:multi:{time.time_ns()}"
+    script = f"MULTI\nLPUSH {key} task1\nHSET {key}:unacked tag1 task1\nEXEC\n"
+    written = host.run(f"printf {shlex.quote(script)} | {cli.command('app')}")
+    assert written.rc == 0 and "NOPERM" not in reply(written), reply(written)
+    since = host.run("date +%s").stdout.strip()
+    assert host.run(f"systemctl restart {UNIT.format(instance)}").rc == 0
+    for _ in range(30):
+        if cli("admin", "PING").stdout.strip() == "PONG":
+            break
+        time.sleep(1)
+    assert cli("app", "LRANGE", key, "0", "-1").stdout.split() == ["task1"]
+    assert cli("app", "HGET", f"{key}:unacked", "tag1").stdout.strip() == "task1"
+    log = host.run(f"journalctl -u {UNIT.format(instance)} --since @{since} --no-pager -o cat").stdout
+    assert "DB loaded from" in log or "Done loading" in log or "Ready to accept" in log, log[-2000:]
+    assert not [line for line in log.splitlines() if "CRITICAL" in line or "NOPERM" in line], log[-2000:]
+    cli("app", "DEL", key, f"{key}:unacked")
+
+
 def test_passwords_are_hashed_on_disk(host, flavor, instance):
     users = host.file(f"{flavor['conf_dir']}/celery-stack-redis-{instance}.users.conf")
     assert users.user == "root" and users.group == flavor["group"] and users.mode == 0o640
