@@ -203,6 +203,12 @@ def test_celery_config_defaults(image: str) -> None:
     assert conf["long_task_queue"] == "default"
 
 
+def test_processes_without_limits_accept_a_short_visibility_timeout(image: str) -> None:
+    # The API, beat and Flower run no task: only a worker's own limits must fit.
+    conf = json.loads(run_python(image, CONFIG_DUMP, {"CELERY_VISIBILITY_TIMEOUT": "180"}).stdout)
+    assert conf["broker_transport_options"]["visibility_timeout"] == 180
+
+
 REFUSALS = """
 from refapp.celery_app import ConfigError, config_from_env
 for env in [

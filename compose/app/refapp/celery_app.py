@@ -148,7 +148,10 @@ def config_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     # With acks_late a task is acknowledged when it ends; a reserved (prefetched)
     # task waits behind the others. Redis redelivers any unacknowledged task
     # after visibility_timeout, so a shorter one runs tasks twice while they run.
-    if visibility <= hard * prefetch:
+    # Checked where the limits are given, i.e. for a worker: the API, beat and
+    # Flower run no task, and the defaults are not their limits.
+    worker_limits = bool(env.get("CELERY_TIME_LIMIT", "").strip())
+    if worker_limits and visibility <= hard * prefetch:
         raise ConfigError(
             f"CELERY_VISIBILITY_TIMEOUT={visibility} must exceed CELERY_TIME_LIMIT={hard} x "
             f"CELERY_PREFETCH_MULTIPLIER={prefetch} = {hard * prefetch} s, or running tasks are redelivered"
