@@ -36,10 +36,19 @@ TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS refapp_rows (
     key text PRIMARY KEY,
     written_at timestamptz NOT NULL DEFAULT now(),
-    attempts integer NOT NULL DEFAULT 1
+    attempts integer NOT NULL DEFAULT 1,
+    runs integer NOT NULL DEFAULT 1
 )
 """
-INSERT_SQL = "INSERT INTO refapp_rows (key, attempts) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING"
+# Tables created before the runs column existed.
+UPGRADE_SQL = "ALTER TABLE refapp_rows ADD COLUMN IF NOT EXISTS runs integer NOT NULL DEFAULT 1"
+# The first run inserts the row; every later run of the same key (a
+# redelivery, a duplicate) only counts itself in runs: at-least-once
+# delivery made visible, without a second row.
+INSERT_SQL = (
+    "INSERT INTO refapp_rows (key, attempts) VALUES (%s, %s) "
+    "ON CONFLICT (key) DO UPDATE SET runs = refapp_rows.runs + 1 RETURNING runs"
+)
 
 
 def database_url(url: str | None = None) -> str:
@@ -91,11 +100,12 @@ def insert_row(key: str, attempts: int = 1) -> bool:
     """Insert the row ``key`` once; True if this call inserted it.
 
     Idempotent: a task redelivered after a worker restart, or retried, runs
-    this again and finds the row, so every key is written exactly once.
+    this again and finds the row, so every key is written exactly once; the
+    row's ``runs`` counts the runs that reached the database.
     """
     try:
         cur = worker_connection().execute(INSERT_SQL, (key, attempts))
-        return cur.rowcount == 1
+        return cur.fetchone()[0] == 1
     except psycopg.OperationalError:
         close_worker_connection()  # the next attempt reconnects
         raise
@@ -108,11 +118,13 @@ def count_rows(url: str | None = None) -> int:
 
 def get_row(key: str, url: str | None = None) -> dict[str, Any] | None:
     with connect(url, application_name="refapp-api") as conn:
-        row = conn.execute("SELECT key, written_at, attempts FROM refapp_rows WHERE key = %s", (key,)).fetchone()
+        row = conn.execute(
+            "SELECT key, written_at, attempts, runs FROM refapp_rows WHERE key = %s", (key,)
+        ).fetchone()
     if row is None:
         return None
     written_at: datetime = row[1]
-    return {"key": row[0], "written_at": written_at.isoformat(), "attempts": row[2]}
+    return {"key": row[0], "written_at": written_at.isoformat(), "attempts": row[2], "runs": row[3]}
 
 
 def ping(url: str | None = None, timeout: int = 2) -> None:

@@ -1,4 +1,4 @@
-"""One-shot, idempotent migration: create the table refapp_rows.
+"""One-shot, idempotent migration: create the table refapp_rows (or add its runs column).
 
     python -m refapp.migrate
 
@@ -43,6 +43,7 @@ def migrate(url: str, wait_seconds: float) -> None:
                     # Two migrations racing on CREATE TABLE IF NOT EXISTS: the
                     # other one created it, which is all we want.
                     pass
+                conn.execute(db.UPGRADE_SQL)
                 conn.execute("SELECT 1 FROM refapp_rows LIMIT 1")
             return
         except psycopg.OperationalError as exc:
