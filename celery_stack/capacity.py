@@ -49,8 +49,8 @@ REDIS_CACHE_AUTO = (16, 128, 8192)  # RAM / 16, clamped to [128, 8192] MB
 API_PROCESSES_CAP = 16  # auto API processes: min(2 x vCPU + 1, 16)
 PGBOUNCER_MIN_CLIENT_CONN = 20  # room for psql/admin/exporter clients
 PGBOUNCER_FD_MARGIN = 100  # listen sockets, log files, admin console
-VISIBILITY_TIMEOUT_FLOOR = 3600  # kombu's default; auto never goes below
 VISIBILITY_TIMEOUT_FACTOR = 1.25  # margin above the longest ack window
+RESTORE_INTERVAL_SECONDS = 100  # kombu scans the unacked index every 10th 10-s tick
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -950,7 +950,10 @@ def _visibility_timeout(inputs: Inputs, errors: list[str]) -> int:
     longest = max(needs.values())
     pinned = w["celery_visibility_timeout"]
     if pinned is None:
-        return max(VISIBILITY_TIMEOUT_FLOOR, math.ceil(longest * VISIBILITY_TIMEOUT_FACTOR / 60) * 60)
+        # No fixed floor (kombu's default is 3600 s): a task held by a worker
+        # that died is redelivered only after visibility_timeout, so the
+        # shortest safe value is the one the pools' limits and ETAs allow.
+        return math.ceil(longest * VISIBILITY_TIMEOUT_FACTOR / 60) * 60
     for what, seconds in needs.items():
         if pinned <= seconds:
             errors.append(
@@ -1248,6 +1251,10 @@ def _celery_lines(plan: Mapping[str, Any]) -> list[str]:
     lines.append(
         f"  visibility_timeout {celery['visibility_timeout']} s (max ETA {celery['max_eta_seconds']} s),"
         f" beat {beat}, flower {flower}"
+    )
+    lines.append(
+        f"  a crashed worker's tasks run again after {celery['visibility_timeout']}"
+        f"-{celery['visibility_timeout'] + RESTORE_INTERVAL_SECONDS} s"
     )
     lines.append(f"  routes: {', '.join(celery['routes'])}")
     return lines

@@ -337,7 +337,7 @@ def test_golden_3_seed_all_in_one_host_fits() -> None:
     assert plan["redis"]["cache"] == {"maxmemory_mb": 2048, "maxmemory_policy": "allkeys-lru", "appendonly": "no"}
     pools = {pool["name"]: pool for pool in plan["celery"]["pools"]}
     assert pools["high"]["memory_max_mb"] == 1300 and pools["high"]["stop_timeout_sec"] == 390
-    assert plan["celery"]["visibility_timeout"] == 3600
+    assert plan["celery"]["visibility_timeout"] == 780  # 1.25 x the 600 s ETA, rounded up to a minute
     assert plan["warnings"] == []
 
 
