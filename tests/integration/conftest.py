@@ -32,6 +32,17 @@ def role_vars(inventory_vars):
 
 
 @pytest.fixture(scope="module")
+def hostname(host) -> str:
+    return host.run("hostname").stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def pools(plan) -> list[dict]:
+    """The Celery worker pools of the host's plan."""
+    return plan["celery"]["pools"]
+
+
+@pytest.fixture(scope="module")
 def plan(host) -> dict:
     """The capacity plan this host was converged with (root:root 0644)."""
     f = host.file(PLAN_FILE)
