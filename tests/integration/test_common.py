@@ -63,18 +63,3 @@ def test_journal_is_persistent(host, role_vars):
     machine_id = host.file("/etc/machine-id").content_string.strip()
     # journald writes to /var/log/journal/<machine-id> only when persistent.
     assert host.file(f"/var/log/journal/{machine_id}").is_directory
-
-
-def test_app_account(host, role_vars):
-    cfg = role_vars("common")
-    user = host.user(cfg["common_app_user"])
-    assert user.exists
-    assert user.group == cfg["common_app_group"]
-    assert user.shell in ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false")
-    assert user.uid < 1000, "the application account must be a system account"
-    assert user.home == cfg["common_app_home"]
-    home = host.file(cfg["common_app_home"])
-    assert home.is_directory and home.user == cfg["common_app_user"] and home.mode == 0o750
-    # No way in: a locked password and no login shell.
-    assert host.run(f"su -s /bin/sh -c true {cfg['common_app_user']} </dev/null").rc == 0
-    assert host.run(f"su -c true {cfg['common_app_user']} </dev/null").rc != 0
