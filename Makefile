@@ -15,7 +15,9 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PY_COLORS := 0
 export ANSIBLE_FORCE_COLOR := 0
 SCENARIOS   ?= default bookworm
+# Host images: every scenario's (make test); the local host needs only Debian 13.
 IMAGES      ?= images/debian13.conf images/debian12.conf images/app-base.conf
+LOCAL_IMAGES := images/debian13.conf images/app-base.conf
 TIMINGS     := .build/timings.txt
 # Versions of the reference app delivered as `docker save` archives: the local
 # host starts on the first (app_initial_version), the tests deploy the second
@@ -24,7 +26,7 @@ APP_VERSIONS ?= 1.0.0 1.1.0
 APP_ARCHIVES := $(foreach v,$(APP_VERSIONS),.build/app-images/celery-stack-app-$(v).tar.gz)
 APP_SOURCES  := $(shell find compose/app -type f -not -name '*.pyc' 2>/dev/null) images/app-base.conf scripts/build-app-image.sh
 
-.PHONY: up down test lint unit app-image app-archives molecule venv docker images plan clean help
+.PHONY: up down test lint unit app-image app-archives molecule venv docker images local-images app-base plan clean help
 
 help:
 	@sed -n '2,6p' Makefile | sed 's/^# \{0,1\}//'
@@ -43,7 +45,16 @@ images: docker
 	@mkdir -p .build
 	scripts/timed.sh $(TIMINGS) "images" scripts/build-image.sh $(IMAGES)
 
-.build/app-images/celery-stack-app-%.tar.gz: $(APP_SOURCES) | images
+local-images: docker
+	@mkdir -p .build
+	scripts/timed.sh $(TIMINGS) "images" scripts/build-image.sh $(LOCAL_IMAGES)
+
+# The reference app's base image only (its archives are built on it).
+app-base: docker
+	@mkdir -p .build
+	scripts/build-image.sh images/app-base.conf
+
+.build/app-images/celery-stack-app-%.tar.gz: $(APP_SOURCES) | app-base
 	@mkdir -p .build/app-images
 	scripts/timed.sh $(TIMINGS) "app archive $*" scripts/build-app-image.sh $* --save $@
 
@@ -67,7 +78,7 @@ test: venv
 	$(MAKE) --no-print-directory lint unit app-image molecule
 	@echo; echo "== phase times (seconds)"; cat $(TIMINGS)
 
-up: venv images app-archives
+up: venv local-images app-archives
 	ansible-playbook playbooks/local-host.yml
 	ansible-playbook -i inventories/local playbooks/site.yml
 
