@@ -1,8 +1,11 @@
 """Ansible filters for the celery-stack capacity plan.
 
-Thin wrappers around :mod:`celery_stack.capacity` (pure Python, importable
-from the repository root):
+Thin wrappers around the :mod:`celery_stack` modules (pure Python,
+importable from the repository root):
 
+- ``host | celery_stack_plan_result(services, workload, cluster)``: the plan
+  and the failed checks from one computation, ``{"plan": dict or None,
+  "errors": [...]}`` (what the capacity role uses).
 - ``host | celery_stack_plan(services, workload, cluster)``: the plan dict;
   a refused plan raises AnsibleFilterError listing every failed check.
 - ``host | celery_stack_plan_errors(services, workload, cluster)``: the
@@ -26,7 +29,10 @@ if _REPO_ROOT not in sys.path:
 
 from ansible.errors import AnsibleFilterError  # noqa: E402
 
-from celery_stack import capacity  # noqa: E402
+from celery_stack.cluster import cluster_contribution, cluster_view  # noqa: E402
+from celery_stack.inputs import PlanError  # noqa: E402
+from celery_stack.plan import build_plan, check_plan, plan_or_errors  # noqa: E402
+from celery_stack.report import format_plan  # noqa: E402
 
 
 def celery_stack_plan(
@@ -34,8 +40,8 @@ def celery_stack_plan(
 ) -> dict[str, Any]:
     """Build the capacity plan; a refused plan becomes an AnsibleFilterError."""
     try:
-        return capacity.build_plan(host, services, workload, cluster)
-    except capacity.PlanError as error:
+        return build_plan(host, services, workload, cluster)
+    except PlanError as error:
         failure = AnsibleFilterError(str(error))
         failure.messages = error.messages  # type: ignore[attr-defined]
         raise failure from error
@@ -45,13 +51,20 @@ def celery_stack_plan_errors(
     host: dict[str, Any], services: list[str], workload: dict[str, Any], cluster: dict[str, Any] | None = None
 ) -> list[str]:
     """Every failed check of the plan (empty list when it fits)."""
-    return capacity.check_plan(host, services, workload, cluster)
+    return check_plan(host, services, workload, cluster)
+
+
+def celery_stack_plan_result(
+    host: dict[str, Any], services: list[str], workload: dict[str, Any], cluster: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The plan (None when refused) and every failed check, computed once."""
+    return plan_or_errors(host, services, workload, cluster)
 
 
 def celery_stack_plan_table(plan: dict[str, Any]) -> str:
     """The plan rendered as a fixed-width table."""
     try:
-        return capacity.format_plan(plan)
+        return format_plan(plan)
     except (KeyError, TypeError) as error:
         raise AnsibleFilterError(f"celery_stack_plan_table expects a plan from celery_stack_plan: {error}") from error
 
@@ -62,9 +75,10 @@ class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
         """Map filter names to functions."""
         return {
+            "celery_stack_plan_result": celery_stack_plan_result,
             "celery_stack_plan": celery_stack_plan,
             "celery_stack_plan_errors": celery_stack_plan_errors,
             "celery_stack_plan_table": celery_stack_plan_table,
-            "celery_stack_contribution": capacity.cluster_contribution,
-            "celery_stack_cluster": capacity.cluster_view,
+            "celery_stack_contribution": cluster_contribution,
+            "celery_stack_cluster": cluster_view,
         }

@@ -1,4 +1,4 @@
-"""The Ansible filter plugin wraps celery_stack.capacity and converts its errors."""
+"""The Ansible filter plugin wraps the celery_stack modules and converts their errors."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def filters(plugin: ModuleType) -> dict:
 
 def test_filter_names(filters: dict) -> None:
     assert set(filters) == {
+        "celery_stack_plan_result",
         "celery_stack_plan",
         "celery_stack_plan_errors",
         "celery_stack_plan_table",
@@ -78,3 +79,12 @@ def test_plan_check_errors_after_inputs_are_valid(filters: dict) -> None:
 def test_table_filter_rejects_non_plans(filters: dict) -> None:
     with pytest.raises(AnsibleFilterError):
         filters["celery_stack_plan_table"]({"nope": 1})
+
+
+def test_plan_result_gives_the_plan_or_every_error_from_one_call(filters: dict) -> None:
+    result = filters["celery_stack_plan_result"](HOST, SERVICES, {"postgresql_version": 17})
+    assert result == {"plan": filters["celery_stack_plan"](HOST, SERVICES, {"postgresql_version": 17}), "errors": []}
+    workload = {"postgresql_version": 17, "postgresql_memory_mb": 40000, "celery_routes": ["celery", "nowhere"]}
+    refused = filters["celery_stack_plan_result"](HOST, SERVICES, workload)
+    assert refused == {"plan": None, "errors": filters["celery_stack_plan_errors"](HOST, SERVICES, workload)}
+    assert len(refused["errors"]) == 2
