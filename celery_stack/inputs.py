@@ -18,6 +18,7 @@ module must stay importable without Ansible.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from dataclasses import dataclass, field
@@ -265,6 +266,22 @@ INPUTS: tuple[Input, ...] = (
         "Memory limit of one API process (container) in MB.",
         _API_SECTION,
         minimum=1,
+    ),
+    Input(
+        "capacity_api_port",
+        "int",
+        8000,
+        "Port of the first API process; api-k listens on port + k - 1 (the plan's nginx upstreams).",
+        _API_SECTION,
+        minimum=1024,
+        maximum=65535,
+    ),
+    Input(
+        "capacity_api_bind_address",
+        "str",
+        "127.0.0.1",
+        "IP address the API processes listen on (loopback on an all-in-one host; the plan's nginx upstreams).",
+        _API_SECTION,
     ),
     # --- Celery
     Input(
@@ -565,6 +582,17 @@ class _Reader:
             return None
         return candidate
 
+    def address(self, var: str, value: Any) -> str | None:
+        """An IPv4 or IPv6 address literal (not a wildcard)."""
+        try:
+            parsed = ipaddress.ip_address(str(value).strip()) if isinstance(value, str) else None
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.is_unspecified:
+            self.fail(f"{var} must be an IP address of this host (not a wildcard), got {value!r}")
+            return None
+        return str(parsed)
+
     def flag(self, var: str, value: Any) -> bool | None:
         """A boolean (YAML true/false, or the strings Ansible passes with -e)."""
         if isinstance(value, bool):
@@ -697,6 +725,7 @@ def _parse_workload(reader: _Reader, workload: Any, services: list[str]) -> dict
     values["postgresql_db_type"] = reader.choice(
         "capacity_postgresql_db_type", raw["postgresql_db_type"], WORKLOAD_INPUTS["postgresql_db_type"].choices
     )
+    values["api_bind_address"] = reader.address("capacity_api_bind_address", raw["api_bind_address"])
     values["celery_routes"] = reader.strings("capacity_celery_routes", raw["celery_routes"])
     values["celery_pools"] = raw["celery_pools"]
     return values

@@ -360,6 +360,24 @@ def _plan_celery(inputs: Inputs, resolved: dict[str, Any], errors: list[str], wa
     }
 
 
+def _plan_api(inputs: Inputs, resolved: dict[str, Any], errors: list[str]) -> dict[str, Any]:
+    """The API processes of a web host and the nginx upstreams that reach them."""
+    w = inputs.workload
+    processes, port, address = resolved["api_processes"], w["api_port"], w["api_bind_address"]
+    last = port + processes - 1
+    if last > 65535:
+        errors.append(
+            f"capacity_api_port={port} + capacity_api_processes={processes} - 1 = {last} is above 65535"
+        )
+    host = f"[{address}]" if address and ":" in address else address
+    return {
+        "processes": processes,
+        "port": port,
+        "bind_address": address,
+        "upstreams": [f"{host}:{port + index}" for index in range(processes)],
+    }
+
+
 def _inputs_echo(inputs: Inputs, resolved: dict[str, Any]) -> dict[str, Any]:
     """The resolved host description, echoed in the plan."""
     w = inputs.workload
@@ -403,6 +421,8 @@ def build_plan(
         f"host {name} is not in this play: its demand is not counted" for name in inputs.cluster["unplanned_hosts"]
     ]
     plan: dict[str, Any] = {"inputs": _inputs_echo(inputs, resolved)}
+    if inputs.has("web"):
+        plan["api"] = _plan_api(inputs, resolved, errors)
     celery = _plan_celery(inputs, resolved, errors, warnings) if inputs.has("workers") else None
     plan["memory"] = _plan_memory(inputs, resolved, errors, warnings)
     if inputs.has("pgbouncer"):

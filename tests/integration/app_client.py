@@ -19,6 +19,7 @@ import pytest
 from stack import ROOT
 
 COMPOSE_FILE = "/opt/celery-stack/compose.yaml"
+CELERY_COMPOSE_FILE = "/opt/celery-stack/celery.yaml"
 RELEASE_FILE = "/etc/celery-stack/release.json"
 APP_MODULE = "refapp.celery_app"
 MEASUREMENTS = ROOT / ".build" / "measurements"

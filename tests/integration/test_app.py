@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 from app_client import (
+    CELERY_COMPOSE_FILE,
     COMPOSE_FILE,
     RELEASE_FILE,
     _q,
@@ -62,10 +63,19 @@ def test_stack_files_are_rendered_and_secrets_are_root_only(host, plan):
     env = host.file("/etc/celery-stack/app.env")
     assert env.user == "root" and env.mode == 0o600
     assert secret("postgresql_app_password") in env.content_string
-    services = host.run(f"docker compose --file {COMPOSE_FILE} --profile migrate --profile worker --profile beat config --services")
+    services = host.run(f"docker compose --file {COMPOSE_FILE} --profile migrate config --services")
     assert services.rc == 0, services.stderr
-    expected = {f"api-{i}" for i in range(1, plan["inputs"]["api_processes"] + 1)} | {"flower", "migrate", "worker", "beat"}
+    expected = {f"api-{i}" for i in range(1, plan["inputs"]["api_processes"] + 1)} | {"flower", "migrate"}
     assert set(services.stdout.split()) == expected
+    # The pools and beat: role celery's own compose file, same image as the release.
+    celery_file = host.file(CELERY_COMPOSE_FILE)
+    assert celery_file.user == "root" and celery_file.mode == 0o644
+    services = host.run(f"docker compose --file {CELERY_COMPOSE_FILE} --profile worker --profile beat config --format json")
+    assert services.rc == 0, services.stderr
+    config = json.loads(services.stdout)["services"]
+    assert set(config) == {"worker", "beat"}
+    release = json.loads(host.file(RELEASE_FILE).content_string)
+    assert {service["image"] for service in config.values()} == {release["image"]}
 
 
 def test_api_processes_are_healthy_on_loopback_with_a_memory_cap(host, plan):

@@ -380,3 +380,29 @@ def test_plan_or_errors_gives_the_plan_or_every_error_at_once() -> None:
     bad_input = plan_or_errors({"vcpus": 0, "memory_mb": 1024}, ALL, SEED_WORKLOAD)
     assert bad_input == {"plan": None, "errors": ["capacity_host_vcpus must be >= 1, got 0"]}
 
+
+def test_nginx_upstreams_are_the_api_processes_of_the_plan() -> None:
+    plan = build_plan(SEED_HOST, ALL, seed(api_processes=3, api_port=9000))
+    assert plan["api"] == {
+        "processes": 3,
+        "port": 9000,
+        "bind_address": "127.0.0.1",
+        "upstreams": ["127.0.0.1:9000", "127.0.0.1:9001", "127.0.0.1:9002"],
+    }
+    ipv6 = build_plan(SEED_HOST, ALL, seed(api_processes=2, api_bind_address="::1"))["api"]
+    assert ipv6["upstreams"] == ["[::1]:8000", "[::1]:8001"]
+    workers_only = build_plan(SEED_HOST, ["workers"], SEED_WORKLOAD)
+    assert "api" not in workers_only
+
+
+def test_api_ports_and_address_are_checked() -> None:
+    assert refused(SEED_HOST, ALL, seed(api_processes=4, api_port=65534)) == [
+        "capacity_api_port=65534 + capacity_api_processes=4 - 1 = 65537 is above 65535"
+    ]
+    assert refused(SEED_HOST, ALL, seed(api_bind_address="0.0.0.0")) == [
+        "capacity_api_bind_address must be an IP address of this host (not a wildcard), got '0.0.0.0'"
+    ]
+    assert refused(SEED_HOST, ALL, seed(api_bind_address="localhost")) == [
+        "capacity_api_bind_address must be an IP address of this host (not a wildcard), got 'localhost'"
+    ]
+    assert "capacity_api_port" in " ".join(refused(SEED_HOST, ALL, seed(api_port=80)))
