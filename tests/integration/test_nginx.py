@@ -28,8 +28,22 @@ def web_host(inventory_vars):
 
 
 @pytest.fixture(scope="module")
-def cfg(role_vars) -> dict:
-    return role_vars("nginx")
+def cfg(role_vars, inventory_vars, plan) -> dict:
+    values = role_vars("nginx")
+    # Templated default: the plan's API processes of this host (role defaults are not rendered here).
+    if "nginx_upstream_servers" not in inventory_vars:
+        values["nginx_upstream_servers"] = plan["api"]["upstreams"]
+    return values
+
+
+def test_upstreams_are_the_api_processes_of_the_plan(host, cfg, plan):
+    conf = host.file("/etc/nginx/conf.d/celery-stack.conf").content_string
+    block = conf[conf.index("upstream celery_stack_app {"):]
+    block = block[: block.index("}")]
+    servers = [line.split()[1].rstrip(";") for line in block.splitlines() if line.strip().startswith("server ")]
+    assert servers == cfg["nginx_upstream_servers"]
+    expected = [f"{plan['api']['bind_address']}:{plan['api']['port'] + i}" for i in range(plan["inputs"]["api_processes"])]
+    assert plan["api"]["upstreams"] == expected
 
 
 def https_base(cfg) -> str:
