@@ -3,7 +3,7 @@
 Every variable is documented in compose/app/README.md. Values that are not
 per-deployment (serializers, acks_late, events, ...) are fixed here on
 purpose: they are what makes redelivery safe and monitoring possible, and the
-capacity plan (celery_stack/capacity.py) assumes them.
+capacity plan (celery_stack/plan.py) assumes them.
 
 Start a worker with `celery -A refapp.celery_app worker -Q high,default`,
 beat with `celery -A refapp.celery_app beat`, Flower with
