@@ -12,7 +12,6 @@ import json
 import os
 import shlex
 import subprocess
-import time
 import zlib
 
 import pytest
