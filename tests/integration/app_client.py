@@ -89,9 +89,14 @@ def sources(count: int, offset: int = 0) -> list[str]:
     return [f"127.0.{1 + (offset + i) // 250}.{1 + (offset + i) % 250}" for i in range(count)]
 
 
-def https(host, requests: list[dict], workers: int = 16) -> list[list]:
+def client_command(requests: list[dict], workers: int) -> str:
+    """The shell command that runs CLIENT on the host for these requests."""
     packed = base64.b64encode(zlib.compress(json.dumps(requests).encode())).decode()
-    result = host.run(f"python3 -c {_q(CLIENT)} {packed} {workers}")
+    return f"python3 -c {_q(CLIENT)} {packed} {workers}"
+
+
+def https(host, requests: list[dict], workers: int = 16) -> list[list]:
+    result = host.run(client_command(requests, workers))
     assert result.rc == 0, result.stderr
     return json.loads(result.stdout)
 

@@ -41,3 +41,9 @@ def listening(host, port: int) -> set[str]:
         if local.endswith(f":{port}"):
             sockets.add(local)
     return sockets
+
+
+def unit_properties(host, unit: str, *names: str) -> dict[str, str]:
+    """systemd properties of a unit, read with `systemctl show -p NAME ...`."""
+    out = host.run(f"systemctl show {unit} " + " ".join(f"-p {name}" for name in names)).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)

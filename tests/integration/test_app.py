@@ -28,7 +28,7 @@ from app_client import (
     sources,
     task_state,
 )
-from stack import listening, secret
+from stack import listening, secret, unit_properties
 
 @pytest.fixture(scope="module", autouse=True)
 def application(inventory_vars):
@@ -106,12 +106,7 @@ def test_one_enabled_active_unit_per_pool(host, pools):
     for pool in pools:
         service = host.service(f"celery-worker@{pool['name']}")
         assert service.is_enabled and service.is_running, pool["name"]
-        show = dict(
-            line.split("=", 1)
-            for line in host.run(
-                f"systemctl show celery-worker@{pool['name']} -p KillMode -p Restart -p TimeoutStopUSec -p After"
-            ).stdout.splitlines()
-        )
+        show = unit_properties(host, f"celery-worker@{pool['name']}", "KillMode", "Restart", "TimeoutStopUSec", "After")
         assert show["KillMode"] == "mixed" and show["Restart"] == "always"
         # TimeoutStopUSec is printed like "2min 15s": compare in seconds.
         seconds = host.run(f"systemctl show celery-worker@{pool['name']} -P TimeoutStopUSec").stdout

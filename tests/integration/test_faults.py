@@ -15,17 +15,15 @@ from the capacity plan (docs/capacity.md, "The trade-off").
 """
 from __future__ import annotations
 
-import base64
 import json
 import re
 import subprocess
 import time
 import uuid
-import zlib
 
 import pytest
-from app_client import CLIENT, _q, celery, https, psql, record, require_all_in_one, sources, task_state
-from stack import secret
+from app_client import _q, celery, client_command, https, psql, record, require_all_in_one, sources, task_state
+from stack import secret, unit_properties
 
 BROKER_UNIT = "celery-stack-redis@broker.service"
 WORKERS_TARGET = "celery-workers.target"
@@ -93,9 +91,8 @@ def enqueue(host, prefix: str, count: int, queues: list[str], offset: int, kind:
 
 def enqueue_in_background(host, requests: list[dict], out: str) -> None:
     """POST the tasks from a process of their own on the host; its answers (JSON) end up in ``out``."""
-    packed = base64.b64encode(zlib.compress(json.dumps(requests).encode())).decode()
     host.run(f"rm -f {out}")
-    started = host.run(f"nohup python3 -c {_q(CLIENT)} {packed} 4 >{out}.tmp 2>&1 && mv {out}.tmp {out} &")
+    started = host.run(f"nohup {client_command(requests, 4)} >{out}.tmp 2>&1 && mv {out}.tmp {out} &")
     assert started.rc == 0, started.stderr
 
 
@@ -158,8 +155,7 @@ def restart_broker(host, broker) -> dict:
 
 def unit_state(host, unit: str) -> tuple[str, str]:
     """(ActiveState, Result) of a unit: ("inactive", "success") after a clean stop."""
-    out = host.run(f"systemctl show {unit} -p ActiveState -p Result").stdout
-    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    values = unit_properties(host, unit, "ActiveState", "Result")
     return values["ActiveState"], values["Result"]
 
 
@@ -179,13 +175,10 @@ def wait_state(host, task_id: str, source: str, wanted: str, timeout: float) -> 
 
 def test_child_killed_under_a_task_runs_it_again(host, pools, queues, hostname):
     run = uuid.uuid4().hex[:8]
-    long_key, prefix, seconds = f"fault-child-{run}-long", f"fault-child-{run}-w", 10
+    long_key, prefix, seconds = f"fault-child-{run}-long0", f"fault-child-{run}-w", 10
     pool = pool_for(pools, "low")
     source = sources(1, offset=400)[0]
-    status, body, _ = https(host, [{"method": "POST", "path": "/api/tasks", "source": source,
-                                    "body": {"kind": "long", "key": long_key, "seconds": seconds, "queue": "low"}}], 1)[0]
-    assert status == 202, body
-    task_id = json.loads(body)["id"]
+    task_id = enqueue(host, long_key[:-1], 1, ["low"], offset=400, kind="long", seconds=seconds)[0]
     wait_state(host, task_id, source, "STARTED", 60)
     active = celery(host, pool["name"], "inspect", "active", "--json", "--timeout=10",
                     f"--destination={pool['name']}@{hostname}")
@@ -280,12 +273,9 @@ def test_pool_sigkilled_then_broker_restarted_loses_nothing(host, plan, pools, b
 
 def test_stop_target_waits_for_every_pool_then_broker_restart_keeps_the_queues(host, pools, queues, broker):
     run = uuid.uuid4().hex[:8]
-    prefix, during, long_key, seconds = f"fault-queued-{run}-w", f"fault-queued-{run}-stop-", f"fault-queued-{run}-long", 8
-    source = sources(1, offset=600)[0]
-    status, body, _ = https(host, [{"method": "POST", "path": "/api/tasks", "source": source,
-                                    "body": {"kind": "long", "key": long_key, "seconds": seconds, "queue": "low"}}], 1)[0]
-    assert status == 202, body
-    wait_state(host, json.loads(body)["id"], source, "STARTED", 60)
+    prefix, during, long_key, seconds = f"fault-queued-{run}-w", f"fault-queued-{run}-stop-", f"fault-queued-{run}-long0", 8
+    task_id = enqueue(host, long_key[:-1], 1, ["low"], offset=600, kind="long", seconds=seconds)[0]
+    wait_state(host, task_id, sources(1, offset=600)[0], "STARTED", 60)
     assert host.run(f"systemctl stop {BEAT_UNIT}").rc == 0
     since = host.run("date +%s").stdout.strip()
     started = time.monotonic()

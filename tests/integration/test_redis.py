@@ -14,7 +14,7 @@ import shlex
 import time
 
 import pytest
-from stack import in_container, secret
+from stack import in_container, secret, unit_properties
 
 INSTANCES = ("broker", "cache")
 UNIT = "celery-stack-redis@{}.service"
@@ -282,8 +282,7 @@ def test_unit_hardening(host, cfg, instance):
         "CapabilityBoundingSet",
         "Type",
     ]
-    out = host.run(f"systemctl show {UNIT.format(instance)} " + " ".join(f"-p {p}" for p in props)).stdout
-    values = dict(line.split("=", 1) for line in out.splitlines())
+    values = unit_properties(host, UNIT.format(instance), *props)
     assert values["User"] == FLAVORS[cfg["redis_flavor"]]["group"]
     assert values["Type"] == "notify"
     assert values["NoNewPrivileges"] == "yes"
