@@ -455,6 +455,23 @@ INPUTS: tuple[Input, ...] = (
         minimum=0,
     ),
     Input(
+        "capacity_monitoring_retention_days",
+        "int",
+        15,
+        "Days of metrics Prometheus keeps on monitoring hosts (--storage.tsdb.retention.time).",
+        _OTHER_SECTION,
+        minimum=1,
+    ),
+    Input(
+        "capacity_monitoring_disk_mb",
+        "int",
+        10240,
+        "Disk Prometheus may use on monitoring hosts in MB; retention.size is 90 % of it (the WAL and compaction need"
+        " the rest).",
+        _OTHER_SECTION,
+        minimum=512,
+    ),
+    Input(
         "capacity_exporters_memory_mb",
         "int",
         256,

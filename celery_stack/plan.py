@@ -39,6 +39,7 @@ PGBOUNCER_MIN_CLIENT_CONN = 20  # room for psql/admin/exporter clients
 PGBOUNCER_FD_MARGIN = 100  # listen sockets, log files, admin console
 VISIBILITY_TIMEOUT_FACTOR = 1.25  # margin above the longest ack window
 RESTORE_INTERVAL_SECONDS = 100  # kombu scans the unacked index every 10th 10-s tick
+MONITORING_PROMETHEUS_MIN_MB = 256  # refuse a Prometheus limit below this
 
 # --------------------------------------------------------------------------
 # Resolution of the automatic values
@@ -360,6 +361,35 @@ def _plan_celery(inputs: Inputs, resolved: dict[str, Any], errors: list[str], wa
     }
 
 
+def _plan_monitoring(inputs: Inputs, memory: Mapping[str, Any], errors: list[str]) -> dict[str, Any]:
+    """Prometheus and Alertmanager on a monitoring host: memory limits and retention.
+
+    The monitoring share is split 85/15 between Prometheus (its TSDB head and
+    queries) and Alertmanager; Go's soft limit (GOMEMLIMIT) sits at 80 % of
+    each hard limit so the garbage collector works harder before systemd's
+    MemoryMax kills the process.  Retention keeps 90 % of the disk budget
+    for blocks; the rest is WAL and compaction headroom.
+    """
+    w = inputs.workload
+    share = memory.get("monitoring", 0)
+    prometheus = share * 85 // 100
+    alertmanager = share - prometheus
+    if prometheus < MONITORING_PROMETHEUS_MIN_MB:
+        errors.append(
+            f"Prometheus memory too small: 85 % of capacity_monitoring_memory_mb={share} MB = {prometheus} MB,"
+            f" below the {MONITORING_PROMETHEUS_MIN_MB} MB minimum"
+        )
+    return {
+        "memory_mb": share,
+        "prometheus_memory_max_mb": prometheus,
+        "prometheus_gomemlimit_mb": prometheus * 80 // 100,
+        "alertmanager_memory_max_mb": alertmanager,
+        "alertmanager_gomemlimit_mb": alertmanager * 80 // 100,
+        "retention_days": w["monitoring_retention_days"],
+        "retention_size_mb": w["monitoring_disk_mb"] * 90 // 100,
+    }
+
+
 def _plan_api(inputs: Inputs, resolved: dict[str, Any], errors: list[str]) -> dict[str, Any]:
     """The API processes of a web host and the nginx upstreams that reach them."""
     w = inputs.workload
@@ -433,6 +463,8 @@ def build_plan(
         plan["postgresql"], plan["postgresql_kb"] = settings, sizes
         warnings.extend(pgtune_warnings(plan["memory"]["postgresql"]))
     plan["redis"] = _plan_redis(inputs, resolved, errors)
+    if inputs.has("monitoring"):
+        plan["monitoring"] = _plan_monitoring(inputs, plan["memory"], errors)
     if celery is not None:
         plan["celery"] = celery
     plan["warnings"] = warnings

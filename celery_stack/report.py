@@ -116,6 +116,19 @@ def _celery_lines(plan: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _monitoring_lines(plan: Mapping[str, Any]) -> list[str]:
+    """MONITORING section: memory limits and retention of Prometheus and Alertmanager."""
+    if "monitoring" not in plan:
+        return []
+    m = plan["monitoring"]
+    return [
+        _rule("MONITORING"),
+        f"  prometheus    MemoryMax {m['prometheus_memory_max_mb']:>6} MB  GOMEMLIMIT {m['prometheus_gomemlimit_mb']} MiB",
+        f"  alertmanager  MemoryMax {m['alertmanager_memory_max_mb']:>6} MB  GOMEMLIMIT {m['alertmanager_gomemlimit_mb']} MiB",
+        f"  retention {m['retention_days']} d or {m['retention_size_mb']} MB, whichever comes first",
+    ]
+
+
 def format_plan(plan: Mapping[str, Any]) -> str:
     """Render a plan as a fixed-width text table, one line per value."""
     inputs = plan["inputs"]
@@ -123,7 +136,7 @@ def format_plan(plan: Mapping[str, Any]) -> str:
         f"capacity plan: {inputs['vcpus']} vCPU, {inputs['memory_mb']} MB RAM, {inputs['storage']}",
         f"services: {' '.join(inputs['services'])}",
     ]
-    for section in (_memory_lines, _postgresql_lines, _pgbouncer_lines, _redis_lines, _celery_lines):
+    for section in (_memory_lines, _postgresql_lines, _pgbouncer_lines, _redis_lines, _celery_lines, _monitoring_lines):
         lines += section(plan)
     lines.append(_rule("WARNINGS"))
     lines += [f"  ! {warning}" for warning in plan["warnings"]] or ["  none"]

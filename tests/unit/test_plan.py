@@ -406,3 +406,31 @@ def test_api_ports_and_address_are_checked() -> None:
         "capacity_api_bind_address must be an IP address of this host (not a wildcard), got 'localhost'"
     ]
     assert "capacity_api_port" in " ".join(refused(SEED_HOST, ALL, seed(api_port=80)))
+
+
+# ---------------------------------------------------------------- monitoring
+
+
+def test_monitoring_section_splits_the_share_and_sets_retention() -> None:
+    plan = build_plan(SEED_HOST, ALL, seed(monitoring_retention_days=30, monitoring_disk_mb=20000))
+    monitoring = plan["monitoring"]
+    assert monitoring == {
+        "memory_mb": 1536,
+        "prometheus_memory_max_mb": 1305,
+        "prometheus_gomemlimit_mb": 1044,
+        "alertmanager_memory_max_mb": 231,
+        "alertmanager_gomemlimit_mb": 184,
+        "retention_days": 30,
+        "retention_size_mb": 18000,
+    }
+    assert monitoring["memory_mb"] == plan["memory"]["monitoring"]
+    assert monitoring["prometheus_memory_max_mb"] + monitoring["alertmanager_memory_max_mb"] == monitoring["memory_mb"]
+
+
+def test_no_monitoring_section_without_the_service() -> None:
+    assert "monitoring" not in build_plan(SEED_HOST, ["db", "pgbouncer"], SEED_WORKLOAD)
+
+
+def test_monitoring_share_too_small_for_prometheus_is_refused() -> None:
+    errors = refused(SEED_HOST, ALL, seed(monitoring_memory_mb=256))
+    assert any("Prometheus memory too small" in e and "capacity_monitoring_memory_mb=256" in e for e in errors), errors
