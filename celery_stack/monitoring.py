@@ -18,6 +18,7 @@ pgbouncer pgbouncer             pgbouncer_exporter
 redis     broker, cache         redis_exporter's /scrape?target=redis://...
                                 (label redis_instance = broker | cache)
 nginx     web                   nginx exporter (stub_status)
+pgbackrest backed_up hosts      pgbackrest_exporter (db hosts role backup runs on)
 celery    the Flower host       Flower's /<prefix>/metrics (tasks, workers)
 ========  ====================  =============================================
 
@@ -58,6 +59,7 @@ def scrape_targets(
     ports: Mapping[str, int],
     redis_ports: Mapping[str, int],
     flower: Mapping[str, Any] | None = None,
+    backed_up: Sequence[str] = (),
 ) -> dict[str, list[dict[str, Any]]]:
     """Static configs per job: ``{job: [{"targets": [...], "labels": {...}}, ...]}``.
 
@@ -65,7 +67,8 @@ def scrape_targets(
     loopback, the all-in-one case); ``ports`` maps node, postgres, pgbouncer,
     redis and nginx to exporter ports; ``redis_ports`` maps broker and cache
     to Redis ports; ``flower`` is ``{"host", "address", "port", "path"}`` or
-    None when Flower does not run.  Jobs with no host are left out.
+    None when Flower does not run; ``backed_up`` lists the hosts whose
+    pgBackRest the pgbackrest job scrapes.  Jobs with no host are left out.
     """
     jobs: dict[str, list[dict[str, Any]]] = {}
     for job, names in JOB_GROUPS.items():
@@ -91,6 +94,11 @@ def scrape_targets(
             )
     if redis:
         jobs["redis"] = redis
+    if backed_up:
+        jobs["pgbackrest"] = [
+            {"targets": [f"{_address(addresses, host)}:{int(ports['pgbackrest'])}"], "labels": {"host": host}}
+            for host in backed_up
+        ]
     if flower:
         jobs["celery"] = [
             {

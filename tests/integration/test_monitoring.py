@@ -23,7 +23,7 @@ from celery_stack.dashboards import dashboard_metrics  # noqa: E402
 
 PROMETHEUS = "http://127.0.0.1:9090/prometheus"
 ALERTMANAGER = "http://127.0.0.1:9093/alertmanager"
-EXPORTER_PORTS = {"node": 9100, "postgres": 9187, "pgbouncer": 9127, "redis": 9121, "nginx": 9113}
+EXPORTER_PORTS = {"node": 9100, "postgres": 9187, "pgbouncer": 9127, "redis": 9121, "nginx": 9113, "pgbackrest": 9854}
 DASHBOARDS = sorted((ROOT / "roles" / "monitoring" / "files" / "grafana" / "dashboards").glob("*.json"))
 SINK_UNIT = "celery-stack-test-webhook"
 SINK_FILE = "/run/celery-stack-test-webhook.jsonl"
@@ -101,6 +101,8 @@ def test_every_target_is_up(host, inventory_vars):
     expected = {"prometheus", "alertmanager", "node", "postgres", "pgbouncer", "redis", "nginx"}
     if inventory_vars.get("celery_stack_application", True):
         expected.add("celery")
+    if inventory_vars.get("celery_stack_backup", True):
+        expected.add("pgbackrest")
     assert jobs == expected, health
     assert {i for j, i in health if j == "redis"} == {"redis://127.0.0.1:6379", "redis://127.0.0.1:6380"}
     down = {k: v for k, v in health.items() if v[0] != "up"}

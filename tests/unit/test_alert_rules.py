@@ -49,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "monitoring_alert_redis_memory_ratio": 0.8,
     "monitoring_alert_disk_free_ratio": 0.15,
     "monitoring_alert_memory_available_ratio": 0.10,
+    "monitoring_alert_backup_max_age": "26h",
+    "monitoring_alert_full_backup_max_age": "8d",
     "monitoring_alert_for": {
         "queue_backlog": "5m",
         "task_failures": "5m",
@@ -66,12 +68,14 @@ DEFAULTS: dict[str, Any] = {
         "memory": "5m",
         "rule_failures": "5m",
         "notifications": "5m",
+        "backup": "15m",
+        "wal_archive": "5m",
     },
 }
 
 # Three pools, other limits, per-queue overrides (one above and one below the
-# default, one for a queue no pool consumes) and the short `for:` values of the
-# Molecule inventory (30s, 45s, 90s).
+# default, one for a queue no pool consumes), backup ages in other units and
+# the short `for:` values of the Molecule inventory (30s, 45s, 90s).
 THREE_POOLS: dict[str, Any] = {
     **copy.deepcopy(DEFAULTS),
     "monitoring_celery_pools": [
@@ -94,6 +98,8 @@ THREE_POOLS: dict[str, Any] = {
     "monitoring_alert_redis_memory_ratio": 0.75,
     "monitoring_alert_disk_free_ratio": 0.1,
     "monitoring_alert_memory_available_ratio": 0.05,
+    "monitoring_alert_backup_max_age": "36h",
+    "monitoring_alert_full_backup_max_age": "2w",
     "monitoring_alert_for": {
         "queue_backlog": "30s",
         "task_failures": "1m",
@@ -111,6 +117,8 @@ THREE_POOLS: dict[str, Any] = {
         "memory": "1m",
         "rule_failures": "1m",
         "notifications": "1m",
+        "backup": "90s",
+        "wal_archive": "45s",
     },
 }
 
@@ -138,6 +146,11 @@ ALERT_FOR = {
     "ExporterDown": "target_down",
     "PrometheusRuleFailures": "rule_failures",
     "AlertmanagerNotificationsFailing": "notifications",
+    "PgBackRestBackupTooOld": "backup",
+    "PgBackRestFullBackupTooOld": "backup",
+    "PgBackRestStanzaError": "backup",
+    "PostgresWalArchiveFailing": "wal_archive",
+    "BrokerSnapshotTooOld": "backup",
 }
 # Alerts on a state (down, offline): no value to show, the description gives the `for:`.
 STATE_ALERTS = {
@@ -150,7 +163,7 @@ STATE_ALERTS = {
     "HostDown",
     "ExporterDown",
 }
-GROUPS = ["celery", "postgresql", "pgbouncer", "redis", "nginx", "host", "monitoring"]
+GROUPS = ["celery", "postgresql", "pgbouncer", "redis", "backup", "nginx", "host", "monitoring"]
 COMPONENTS = set(GROUPS)  # component label values: the group names
 
 
@@ -253,6 +266,27 @@ def test_one_runtime_and_one_pool_down_rule_per_pool(rendered: dict[str, Any]) -
                 assert float(expr.rsplit(">", 1)[1]) == pytest.approx(ratio * pool["time_limit"])
             else:
                 assert f'absent(node_systemd_unit_state{{name="celery-worker@{pool["name"]}.service"}})' in expr
+
+
+def test_backup_thresholds_are_the_max_ages_in_seconds(rendered: dict[str, Any]) -> None:
+    variables = rendered["variables"]
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    backup, full = (
+        int(variables[name][:-1]) * units[variables[name][-1]]
+        for name in ("monitoring_alert_backup_max_age", "monitoring_alert_full_backup_max_age")
+    )
+    exprs = {
+        rule["alert"]: rule["expr"] for rule in alerts(rendered["rules"]) if rule["labels"]["component"] == "backup"
+    }
+    assert exprs["PgBackRestBackupTooOld"] == (
+        f"min by (host, stanza) (pgbackrest_backup_since_last_completion_seconds) > {backup}"
+    )
+    assert exprs["PgBackRestFullBackupTooOld"] == (
+        f'pgbackrest_backup_since_last_completion_seconds{{backup_type="full"}} > {full}'
+    )
+    assert exprs["BrokerSnapshotTooOld"] == (
+        f"time() - celery_stack_broker_snapshot_last_success_timestamp_seconds > {backup}"
+    )
 
 
 def test_every_alert_is_tested_firing_and_quiet(rendered: dict[str, Any]) -> None:

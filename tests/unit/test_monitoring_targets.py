@@ -29,8 +29,9 @@ def test_split_layout_uses_each_hosts_address_and_groups():
         "monitoring": ["mon"],
     }
     addresses = {"db1": "10.0.0.2", "mq1": "10.0.0.3", "web1": "10.0.0.4", "w1": "10.0.0.5", "w2": "10.0.0.6", "mon": "fd00::7"}
-    jobs = scrape_targets(groups, addresses, PORTS, REDIS, None)
+    jobs = scrape_targets(groups, addresses, {**PORTS, "pgbackrest": 9854}, REDIS, None, ["db1"])
     assert "celery" not in jobs
+    assert jobs["pgbackrest"] == [{"targets": ["10.0.0.2:9854"], "labels": {"host": "db1"}}]
     assert [c["targets"][0] for c in jobs["node"]] == [
         "10.0.0.2:9100", "10.0.0.3:9100", "10.0.0.4:9100", "10.0.0.5:9100", "10.0.0.6:9100", "[fd00::7]:9100",
     ]
