@@ -40,8 +40,11 @@ def test_upstreams_are_the_api_processes_of_the_plan(host, cfg, plan):
     conf = host.file("/etc/nginx/conf.d/celery-stack.conf").content_string
     block = conf[conf.index("upstream celery_stack_app {"):]
     block = block[: block.index("}")]
-    servers = [line.split()[1].rstrip(";") for line in block.splitlines() if line.strip().startswith("server ")]
-    assert servers == cfg["nginx_upstream_servers"]
+    lines = [line.strip().rstrip(";").split() for line in block.splitlines() if line.strip().startswith("server ")]
+    assert [line[1] for line in lines] == cfg["nginx_upstream_servers"]
+    # Loopback API processes are never marked unavailable (no "no live upstreams" after a restart).
+    assert all(line[2:] == [f"max_fails={cfg['nginx_upstream_max_fails']}", f"fail_timeout={cfg['nginx_upstream_fail_timeout']}s"]
+               for line in lines), lines
     expected = [f"{plan['api']['bind_address']}:{plan['api']['port'] + i}" for i in range(plan["inputs"]["api_processes"])]
     assert plan["api"]["upstreams"] == expected
 
