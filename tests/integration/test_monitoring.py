@@ -15,7 +15,7 @@ import time
 import uuid
 
 import pytest
-from app_client import _q, https, psql, record, require_all_in_one, sources
+from app_client import _q, ansible_playbook, https, psql, record, require_all_in_one, sources
 from stack import ROOT, listening, secret, unit_properties
 
 sys.path.insert(0, str(ROOT))
@@ -177,6 +177,37 @@ def test_configurations_pass_their_checkers(host):
     ):
         result = host.run(command)
         assert result.rc == 0, f"{command}: {result.stdout}{result.stderr}"
+
+
+def test_a_bad_receiver_fails_the_play_and_changes_nothing(host):
+    """amtool check-config refuses the file before it replaces the running one."""
+    before = host.file("/etc/prometheus/alertmanager.yml").sha256sum
+    bad = json.dumps({
+        "monitoring_alertmanager_receivers": [{"name": "broken", "webhook_configs": [{"url": "not-a-url"}]}],
+        "monitoring_alertmanager_receiver_critical": "broken",
+        "monitoring_alertmanager_receiver_warning": "broken",
+    })
+    result = ansible_playbook("site.yml", "--tags", "monitoring", "-e", bad)
+    assert result.returncode != 0
+    output = " ".join((result.stdout + result.stderr).split())
+    assert "Write Alertmanager's configuration" in output and "failed to validate" in output, output[-2000:]
+    assert host.file("/etc/prometheus/alertmanager.yml").sha256sum == before
+    assert get_json(host, f"{ALERTMANAGER}/api/v2/status")["config"]["original"].count("broken") == 0
+
+
+def test_a_rule_that_breaks_its_unit_test_is_refused(host):
+    """The rules check runs the promtool unit tests against a candidate file: a changed threshold fails them."""
+    rules = "/etc/prometheus/rules/celery-stack-alerts.yml"
+    candidate = "/root/celery-stack-alerts.candidate.yml"
+    assert host.run(f"cp {rules} {candidate}").rc == 0
+    assert host.run(f"/usr/local/sbin/celery-stack-check-rules {candidate}").rc == 0
+    # The same file with every "> <n>" comparison of the queue backlog moved by one.
+    edited = host.run(f"sed -i -E '/celery_queue_length/ s/> ([0-9]+)/> 1\\1/' {candidate}")
+    assert edited.rc == 0 and host.file(candidate).sha256sum != host.file(rules).sha256sum
+    refused = host.run(f"/usr/local/sbin/celery-stack-check-rules {candidate}")
+    host.run(f"rm -f {candidate}")
+    assert refused.rc != 0
+    assert "CeleryQueueBacklog" in refused.stdout + refused.stderr
 
 
 def test_rules_loaded_with_their_health(host, plan):
