@@ -95,14 +95,27 @@ def wait_for(what: str, check, timeout: float, interval: float = 1.0):
 
 
 def test_every_target_is_up(host, inventory_vars):
-    targets = get_json(host, f"{PROMETHEUS}/api/v1/targets")["data"]["activeTargets"]
-    health = {(t["labels"]["job"], t["labels"]["instance"]): (t["health"], t["lastError"]) for t in targets}
-    jobs = {job for job, _ in health}
     expected = {"prometheus", "alertmanager", "node", "postgres", "pgbouncer", "redis", "nginx"}
     if inventory_vars.get("celery_stack_application", True):
         expected.add("celery")
     if inventory_vars.get("celery_stack_backup", True):
         expected.add("pgbackrest")
+
+    def current():
+        targets = get_json(host, f"{PROMETHEUS}/api/v1/targets")["data"]["activeTargets"]
+        health = {(t["labels"]["job"], t["labels"]["instance"]): (t["health"], t["lastError"]) for t in targets}
+        return targets, health
+
+    # Right after a host restart (test_faults) Prometheus may not have
+    # discovered or scraped every target yet: wait for its first rounds.
+    deadline = time.monotonic() + 120
+    while True:
+        targets, health = current()
+        settled = {job for job, _ in health} == expected and all(h == "up" for h, _ in health.values())
+        if settled or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    jobs = {job for job, _ in health}
     assert jobs == expected, health
     assert {i for j, i in health if j == "redis"} == {"redis://127.0.0.1:6379", "redis://127.0.0.1:6380"}
     down = {k: v for k, v in health.items() if v[0] != "up"}
