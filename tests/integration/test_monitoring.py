@@ -173,9 +173,17 @@ def test_exporter_logins_are_least_privileged(host):
 
 def test_flower_reports_each_pool_under_its_hostname(host, plan, hostname, inventory_vars):
     require_all_in_one(inventory_vars)
-    text = scrape(host, "http://127.0.0.1:5555/flower/metrics")
-    for pool in plan["celery"]["pools"]:
-        assert sample(text, "flower_worker_online", worker=f"{pool['name']}@{hostname}") == 1, pool["name"]
+    workers = [f"{pool['name']}@{hostname}" for pool in plan["celery"]["pools"]]
+
+    def online() -> dict[str, float | None]:
+        text = scrape(host, "http://127.0.0.1:5555/flower/metrics")
+        return {worker: sample(text, "flower_worker_online", worker=worker) for worker in workers}
+
+    # After a host restart Flower learns each worker from its next event or heartbeat (every 2 s).
+    deadline = time.monotonic() + 60
+    while any(value != 1 for value in (seen := online()).values()) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert all(value == 1 for value in seen.values()), seen
 
 
 # --- configuration checked, rules tested, plan applied ----------------------------------------
