@@ -127,6 +127,12 @@ def task_state(host, task_id: str, source: str) -> str:
     return json.loads(body)["state"]
 
 
+def exclusive_pool(pools: list[dict]) -> dict:
+    """The last pool of the plan whose queues no other pool consumes (stopping it leaves them unconsumed)."""
+    shared = {q for p in pools for q in p["queues"] if sum(q in o["queues"] for o in pools) > 1}
+    return next(p for p in reversed(pools) if not set(p["queues"]) & shared)
+
+
 def ansible_playbook(playbook: str, *args: str) -> subprocess.CompletedProcess:
     """Run one of the repository's playbooks against the Molecule instance."""
     inventory = os.environ.get("MOLECULE_INVENTORY_FILE")

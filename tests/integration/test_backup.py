@@ -15,7 +15,7 @@ import time
 import uuid
 
 import pytest
-from app_client import _q, ansible_playbook, https, psql, record, require_all_in_one, sources
+from app_client import _q, ansible_playbook, exclusive_pool, https, psql, record, require_all_in_one, sources
 from stack import secret, unit_properties
 
 STANZA = "celery-stack"
@@ -172,8 +172,7 @@ def test_restore_refuses_the_live_cluster_without_confirmation(host):
 def test_broker_snapshot_restore_brings_back_queued_tasks(host, plan, inventory_vars):
     require_all_in_one(inventory_vars)
     pools = plan["celery"]["pools"]
-    shared = {q for p in pools for q in p["queues"] if sum(q in o["queues"] for o in pools) > 1}
-    pool = next(p for p in reversed(pools) if not set(p["queues"]) & shared)
+    pool = exclusive_pool(pools)
     queue, unit = pool["queues"][0], f"celery-worker@{pool['name']}"
     prefix, count = f"snap-{uuid.uuid4().hex[:8]}-", 120
     broker = "REDISCLI_AUTH=" + _q(secret("redis_broker_admin_password")) + " redis-cli -p 6379 --user admin --no-auth-warning"

@@ -15,7 +15,7 @@ import time
 import uuid
 
 import pytest
-from app_client import _q, ansible_playbook, https, psql, record, require_all_in_one, sources
+from app_client import _q, ansible_playbook, exclusive_pool, https, psql, record, require_all_in_one, sources
 from stack import ROOT, listening, secret, unit_properties
 
 sys.path.insert(0, str(ROOT))
@@ -317,8 +317,7 @@ def webhook(host):
 def test_pool_down_and_queue_backlog_fire_then_resolve(host, plan, inventory_vars, webhook):
     require_all_in_one(inventory_vars)
     pools = plan["celery"]["pools"]
-    shared = {q for p in pools for q in p["queues"] if sum(q in o["queues"] for o in pools) > 1}
-    pool = next(p for p in reversed(pools) if not set(p["queues"]) & shared)
+    pool = exclusive_pool(pools)
     queue = pool["queues"][0]
     threshold = int(inventory_vars.get("monitoring_alert_queue_backlog", 100))
     count = threshold + 20
