@@ -63,6 +63,7 @@ app-archives: $(APP_ARCHIVES)
 lint: venv
 	scripts/timed.sh $(TIMINGS) "lint: yamllint" yamllint --strict .
 	scripts/timed.sh $(TIMINGS) "lint: ansible-lint" ansible-lint --profile production
+	scripts/timed.sh $(TIMINGS) "lint: python syntax" python scripts/check-syntax.py
 
 unit: venv
 	scripts/timed.sh $(TIMINGS) "unit: pytest" pytest tests/unit

@@ -181,8 +181,10 @@ def test_flower_reports_each_pool_under_its_hostname(host, plan, hostname, inven
 
     # After a host restart Flower learns each worker from its next event or heartbeat (every 2 s).
     deadline = time.monotonic() + 60
-    while any(value != 1 for value in (seen := online()).values()) and time.monotonic() < deadline:
+    seen = online()
+    while any(value != 1 for value in seen.values()) and time.monotonic() < deadline:
         time.sleep(2)
+        seen = online()
     assert all(value == 1 for value in seen.values()), seen
 
 
