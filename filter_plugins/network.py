@@ -4,12 +4,18 @@
   ``public``, ``wildcard`` or ``invalid`` for one IP address (IPv4 or IPv6).
   Roles refuse ``wildcard`` and ``public`` for services that must stay on
   loopback or the private network (exporters, Prometheus, Alertmanager).
+- ``hosts | celery_stack_peer_address(me, addresses)``: the address at which
+  a client on host ``me`` reaches the server that runs on the first of
+  ``hosts`` (an inventory group): loopback when ``me`` is one of them, else
+  that host's private address (``addresses``: host -> celery_stack_private_address).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from typing import Any, Callable
+
+from ansible.errors import AnsibleFilterError
 
 
 def celery_stack_address_scope(address: Any) -> str:
@@ -27,8 +33,30 @@ def celery_stack_address_scope(address: Any) -> str:
     return "public"
 
 
+def celery_stack_peer_address(hosts: Any, me: str, addresses: dict[str, Any]) -> str:
+    """Where a client on ``me`` reaches the service run by ``hosts``: loopback on its own host.
+
+    Fails, naming the host, when the server is on another host without a
+    ``celery_stack_private_address``, or when the group is empty.
+    """
+    hosts = list(hosts or [])
+    if not hosts:
+        raise AnsibleFilterError("no host runs this service: add one to its inventory group or set its *_endpoint variable")
+    if me in hosts:
+        return "127.0.0.1"
+    address = addresses.get(hosts[0]) or ""
+    if celery_stack_address_scope(address) in ("invalid", "wildcard"):
+        raise AnsibleFilterError(
+            f"{hosts[0]} serves {me} from another host but has no valid celery_stack_private_address ({address!r})"
+        )
+    return str(address)
+
+
 class FilterModule:
     """celery-stack network filters."""
 
     def filters(self) -> dict[str, Callable[..., Any]]:
-        return {"celery_stack_address_scope": celery_stack_address_scope}
+        return {
+            "celery_stack_address_scope": celery_stack_address_scope,
+            "celery_stack_peer_address": celery_stack_peer_address,
+        }

@@ -37,3 +37,29 @@ def test_scope(address, scope):
 
 def test_registered():
     assert "celery_stack_address_scope" in network.FilterModule().filters()
+
+
+ADDRESSES = {"db1": "10.20.0.10", "broker1": "10.20.0.11", "web1": "10.20.0.12", "aio": ""}
+
+
+def test_peer_address_is_loopback_on_the_servers_own_host():
+    assert network.celery_stack_peer_address(["db1"], "db1", ADDRESSES) == "127.0.0.1"
+    assert network.celery_stack_peer_address(["aio"], "aio", ADDRESSES) == "127.0.0.1"
+
+
+def test_peer_address_is_the_first_servers_private_address_from_another_host():
+    assert network.celery_stack_peer_address(["db1"], "web1", ADDRESSES) == "10.20.0.10"
+    assert network.celery_stack_peer_address(["broker1", "db1"], "web1", ADDRESSES) == "10.20.0.11"
+
+
+@pytest.mark.parametrize(
+    ("hosts", "message"),
+    [
+        ([], "no host runs this service"),
+        (["aio"], "aio serves web1 from another host but has no valid celery_stack_private_address"),
+        (["ghost"], "ghost serves web1"),
+    ],
+)
+def test_peer_address_refuses_a_server_it_cannot_reach(hosts, message):
+    with pytest.raises(network.AnsibleFilterError, match=message):
+        network.celery_stack_peer_address(hosts, "web1", {**ADDRESSES, "ghost": "0.0.0.0"})
