@@ -14,7 +14,7 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PY_COLORS := 0
 export ANSIBLE_FORCE_COLOR := 0
-SCENARIOS   ?= default bookworm
+SCENARIOS   ?= default bookworm cluster
 # Host images: every scenario's (make test); the local host needs only Debian 13.
 IMAGES      ?= images/debian13.conf images/debian12.conf images/app-base.conf
 LOCAL_IMAGES := images/debian13.conf images/app-base.conf

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `molecule test` for one scenario, one phase at a time, so the time of each
 # phase is recorded. Same sequence as the scenario's test_sequence
-# (.config/molecule/config.yml): destroy, syntax, create, converge,
-# idempotence, check, verify, destroy. The instance is destroyed on failure too.
+# (.config/molecule/config.yml: destroy, syntax, create, converge,
+# idempotence, check, verify, destroy; a scenario may set its own). The instance is destroyed on failure too.
 # check is `ansible-playbook --check --diff` on the converged host: it must
 # neither fail nor report a change (changed=0 on every host).
 #   scripts/molecule-test.sh SCENARIO [TIMINGS_FILE]
@@ -11,13 +11,27 @@ scenario=$1
 timings=${2:-.build/timings.txt}
 here=$(cd "$(dirname "$0")" && pwd)
 
-# The scenario's Docker-in-host volume (molecule/<scenario>/molecule.yml), if any.
-volume="celery-stack-molecule-$scenario-docker"
-remove_volume() { docker volume rm --force "$volume" >/dev/null 2>&1 || true; }
+# The scenario's Docker-in-host volumes (molecule/<scenario>/molecule.yml), if
+# any: celery-stack-molecule-<scenario>-docker, or one per host with a suffix.
+remove_volume() {
+  docker volume ls -q --filter "name=^celery-stack-molecule-$scenario-docker" | while read -r volume; do
+    docker volume rm --force "$volume" >/dev/null 2>&1 || true
+  done
+}
 cleanup() { molecule destroy -s "$scenario" >/dev/null 2>&1 || true; remove_volume; }
 trap cleanup EXIT
 
-for phase in destroy syntax create converge idempotence check verify destroy; do
+# The scenario's own test_sequence when its molecule.yml sets one (cluster
+# leaves out check to keep `make test` within its hour), else the shared one.
+phases=$(python - "$here/../molecule/$scenario/molecule.yml" <<'PY'
+import sys, yaml
+config = yaml.safe_load(open(sys.argv[1])) or {}
+sequence = (config.get("scenario") or {}).get("test_sequence")
+print(" ".join(sequence or ["destroy", "syntax", "create", "converge", "idempotence", "check", "verify", "destroy"]))
+PY
+)
+
+for phase in $phases; do
   echo "== molecule $phase -s $scenario"
   if [ "$phase" = check ]; then
     out=$(mktemp)
