@@ -8,11 +8,16 @@
   a client on host ``me`` reaches the server that runs on the first of
   ``hosts`` (an inventory group): loopback when ``me`` is one of them, else
   that host's private address (``addresses``: host -> celery_stack_private_address).
+- ``servers | celery_stack_bad_servers``: the entries that are neither an IP
+  address (not a wildcard) nor a DNS name.
+- ``address | celery_stack_address_in(networks)``: whether the address lies
+  in one of the networks (preflight: the controller keeps its SSH access).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any, Callable
 
 from ansible.errors import AnsibleFilterError
@@ -52,6 +57,36 @@ def celery_stack_peer_address(hosts: Any, me: str, addresses: dict[str, Any]) ->
     return str(address)
 
 
+def celery_stack_address_in(address: Any, networks: Any) -> bool:
+    """Whether an IP address lies in one of ``networks`` (addresses or CIDRs); False for a non-address."""
+    try:
+        ip = ipaddress.ip_address(str(address).strip("[]"))
+    except ValueError:
+        return False
+    for network in networks or []:
+        try:
+            if ip in ipaddress.ip_network(str(network), strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def celery_stack_bad_servers(servers: Any) -> list[str]:
+    """The entries that are neither a usable IP address nor a DNS name (a managed endpoint may be either)."""
+    bad = []
+    for server in servers or []:
+        text = str(server or "")
+        scope = celery_stack_address_scope(text)
+        looks_numeric = bool(re.fullmatch(r"[0-9.]+|[0-9A-Fa-f:\[\]]*:[0-9A-Fa-f:\[\]]*", text))
+        if scope == "wildcard" or (scope == "invalid" and (looks_numeric or not _DNS_NAME.match(text))):
+            bad.append(text)
+    return bad
+
+
 class FilterModule:
     """celery-stack network filters."""
 
@@ -59,4 +94,6 @@ class FilterModule:
         return {
             "celery_stack_address_scope": celery_stack_address_scope,
             "celery_stack_peer_address": celery_stack_peer_address,
+            "celery_stack_address_in": celery_stack_address_in,
+            "celery_stack_bad_servers": celery_stack_bad_servers,
         }

@@ -63,3 +63,26 @@ def test_peer_address_is_the_first_servers_private_address_from_another_host():
 def test_peer_address_refuses_a_server_it_cannot_reach(hosts, message):
     with pytest.raises(network.AnsibleFilterError, match=message):
         network.celery_stack_peer_address(hosts, "web1", {**ADDRESSES, "ghost": "0.0.0.0"})
+
+
+@pytest.mark.parametrize(
+    ("address", "networks", "inside"),
+    [
+        ("10.0.0.250", ["10.0.0.250/32"], True),
+        ("10.0.0.7", ["10.0.0.0/24", "::/0"], True),
+        ("10.0.1.7", ["10.0.0.0/24"], False),
+        ("2001:db8::5", ["0.0.0.0/0"], False),
+        ("2001:db8::5", ["::/0"], True),
+        ("not-an-address", ["0.0.0.0/0"], False),
+        ("10.0.0.7", ["bogus", "10.0.0.7"], True),
+        ("10.0.0.7", [], False),
+    ],
+)
+def test_address_in_networks(address, networks, inside):
+    assert network.celery_stack_address_in(address, networks) is inside
+
+
+def test_bad_servers_accepts_addresses_and_dns_names_only():
+    good = ["127.0.0.1", "10.0.0.21", "mydb.abc123.eu-west-1.rds.amazonaws.com", "redis-1", "fd00::5"]
+    bad = ["0.0.0.0", "::", "", "10.0.0.300", "bad_name.example", "-x.example", "a..b"]
+    assert network.celery_stack_bad_servers(good + bad) == bad
