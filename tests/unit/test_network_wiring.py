@@ -23,7 +23,9 @@ EXPRESSION = (
     " 'cache': app_result_backend_host, 'hba': postgresql_hba_networks, 'postgresql_listen': postgresql_listen_addresses,"
     " 'pgbouncer_listen': pgbouncer_listen_addresses, 'redis_bind': redis_bind, 'flower': app_flower_address,"
     " 'locations': nginx_protected_locations, 'firewall': firewall_rules, 'public': firewall_public_ports,"
-    " 'ssh': firewall_ssh_sources} | to_json }}"
+    " 'ssh': firewall_ssh_sources, 'nonlocal_bind': common_nonlocal_bind,"
+    " 'bad': ((pgbouncer_databases | map(attribute='host') | list)"
+    " + [app_database_host, app_broker_host, app_result_backend_host]) | celery_stack_bad_servers} | to_json }}"
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("ansible", path=str(ROOT / ".venv" / "bin")) is None, reason="no venv ansible")
@@ -76,8 +78,8 @@ def test_firewall_rules_follow_the_groups(split):
     assert db["prometheus_alertmanager"] == ["10.0.0.23"]
     assert db["exporter_node"] == []  # the monitoring host scrapes itself over loopback
     broker = rules(split["broker1.example.com"])
-    # Web, workers and monitoring hosts.
-    assert sorted(broker["redis_broker"]) == ["10.0.0.21", "10.0.0.23", "10.0.0.24", "10.0.0.25"]
+    # Web and workers hosts: the exporters read Redis over loopback, monitoring never needs it.
+    assert broker["redis_broker"] == ["10.0.0.23", "10.0.0.24", "10.0.0.25"]
     assert broker["exporter_redis"] == ["10.0.0.21"]
     worker = rules(split["worker1.example.com"])
     # App-host PgBouncers listen on loopback: no 6432 rule on them.
@@ -87,6 +89,16 @@ def test_firewall_rules_follow_the_groups(split):
         {"port": 80, "proto": "tcp", "comment": "http"}, {"port": 443, "proto": "tcp", "comment": "https"}]
     assert split["worker1.example.com"]["public"] == []
     assert all(view["ssh"] == ["10.0.0.250/32"] for view in split.values())
+    assert all(view["nonlocal_bind"] is True for view in split.values())
+
+
+def test_the_inventory_adds_rules_through_the_hook(tmp_path):
+    def extra(hosts):
+        hosts["all"]["hosts"]["db1.example.com"]["celery_stack_firewall_extra_rules"] = [
+            {"name": "replica", "ports": [5432], "sources": ["10.0.0.30"]}]
+    views = resolve(_variant(tmp_path, extra))
+    assert rules(views["db1.example.com"])["replica"] == ["10.0.0.30"]
+    assert "replica" not in rules(views["web1.example.com"])
 
 
 def _variant(tmp_path: Path, edit) -> Path:
@@ -112,6 +124,8 @@ def test_managed_postgresql_and_redis_replace_their_groups(tmp_path):
     assert worker["pgbouncer_databases"] == [{"name": "app", "host": "mydb.example.net", "port": 5433}]
     assert (worker["broker"], worker["cache"]) == ("10.0.0.40", "10.0.0.41")
     assert worker["database"] == "127.0.0.1"
+    # What preflight checks: a DNS name is a valid endpoint (verify-full needs it).
+    assert all(view["bad"] == [] for view in views.values())
     # No host runs PostgreSQL or Redis: no rule opens their ports anywhere.
     assert not {"postgresql", "redis_broker", "redis_cache"} & {name for view in views.values() for name in rules(view)}
 
@@ -129,3 +143,4 @@ def test_the_all_in_one_inventory_stays_on_loopback():
     assert view["pgbouncer_databases"][0]["host"] == "127.0.0.1"
     assert view["postgresql_listen"] == view["pgbouncer_listen"] == ["127.0.0.1"]
     assert view["hba"] == [] and all(rule["sources"] == [] for rule in view["firewall"])
+    assert view["nonlocal_bind"] is False and view["bad"] == []
