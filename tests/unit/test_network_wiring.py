@@ -66,10 +66,11 @@ def test_clients_find_their_servers_from_the_groups(split):
     assert split["broker1.example.com"]["redis_bind"] == ["127.0.0.1", "10.0.0.22", "-::1"]
     # PostgreSQL: the three PgBouncer hosts (monitoring is the db host itself: loopback).
     assert sorted(db["hba"]) == ["10.0.0.23/32", "10.0.0.24/32", "10.0.0.25/32"]
-    # nginx on the web host: Flower on its own private address, Prometheus on the db host.
+    # nginx on the web host: Flower on the first workers host (next to beat, where the plan
+    # budgets it), Prometheus on the db host.
     upstreams = {location["name"]: location["upstream"] for location in web["locations"]}
-    assert upstreams["flower"] == "10.0.0.23:5555" and upstreams["prometheus"] == "10.0.0.21:9090"
-    assert web["flower"] == "10.0.0.23"
+    assert upstreams["flower"] == "10.0.0.24:5555" and upstreams["prometheus"] == "10.0.0.21:9090"
+    assert worker["flower"] == "10.0.0.24"
 
 
 def test_firewall_rules_follow_the_groups(split):
@@ -85,6 +86,9 @@ def test_firewall_rules_follow_the_groups(split):
     # App-host PgBouncers listen on loopback: no 6432 rule on them.
     assert "pgbouncer" not in worker and "postgresql" not in worker and "redis_broker" not in worker
     assert worker["exporter_node"] == ["10.0.0.21"] and worker["exporter_pgbouncer"] == ["10.0.0.21"]
+    # Flower's port on its host only, from the monitoring and web hosts.
+    assert worker["flower"] == ["10.0.0.21", "10.0.0.23"]
+    assert "flower" not in rules(split["worker2.example.com"]) and "flower" not in rules(split["web1.example.com"])
     assert split["web1.example.com"]["public"] == [
         {"port": 80, "proto": "tcp", "comment": "http"}, {"port": 443, "proto": "tcp", "comment": "https"}]
     assert split["worker1.example.com"]["public"] == []
