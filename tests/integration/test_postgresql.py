@@ -164,6 +164,17 @@ def test_password_authentication(host, cfg):
     assert verifier.startswith("SCRAM-SHA-256$")
 
 
+def test_login_roles_carry_the_configured_scram_iterations(host, cfg):
+    """Every managed login role's verifier has postgresql_scram_iterations; the app still logs in with it."""
+    names = [cfg[k] for k in ("postgresql_app_user", "postgresql_monitor_user", "postgresql_pgbouncer_auth_user") if cfg[k]]
+    listed = ", ".join(f"'{name}'" for name in names)
+    rows = dict(sql(host, f"SELECT rolname, split_part(rolpassword, ':', 1) FROM pg_authid WHERE rolname IN ({listed})"))
+    assert rows == {name: f"SCRAM-SHA-256${cfg['postgresql_scram_iterations']}" for name in names}
+    right = psql_tcp(host, cfg["postgresql_port"], cfg["postgresql_app_user"], cfg["postgresql_app_database"],
+                     secret("postgresql_app_password"))
+    assert right.rc == 0, right.stderr
+
+
 def test_app_role_is_least_privileged(host, cfg):
     user, db = cfg["postgresql_app_user"], cfg["postgresql_app_database"]
     row = sql(host, f"SELECT rolcanlogin, rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls FROM pg_roles WHERE rolname = '{user}'")
