@@ -3,7 +3,9 @@
 #               (inventories/local) with the whole site; re-runnable
 #   make down   remove that host
 #   make test   everything CI runs: lint, unit tests, the app image, every Molecule scenario
-# Everything else is a building block of those three.
+#   make bench  the benchmark: recreates the local host, then measures (README "Performance";
+#               BENCH_CONVERGE=0 keeps the host of make up, BENCH_SIZE=smoke is the short run)
+# Everything else is a building block of these.
 
 SHELL       := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -26,10 +28,10 @@ APP_VERSIONS ?= 1.0.0 1.1.0
 APP_ARCHIVES := $(foreach v,$(APP_VERSIONS),.build/app-images/celery-stack-app-$(v).tar.gz)
 APP_SOURCES  := $(shell find compose/app -type f -not -name '*.pyc' 2>/dev/null) images/app-base.conf scripts/build-app-image.sh
 
-.PHONY: up down test lint unit app-image app-archives molecule venv docker images local-images app-base plan clean help
+.PHONY: up down test bench lint unit app-image app-archives molecule venv docker images local-images app-base plan clean help
 
 help:
-	@sed -n '2,6p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +87,11 @@ up: venv local-images app-archives
 
 down: venv
 	ansible-playbook playbooks/local-host.yml -e local_host_state=absent
+
+BENCH_SIZE     ?= full
+BENCH_CONVERGE ?= 1
+bench: venv local-images app-archives
+	python scripts/bench.py --size $(BENCH_SIZE) $(if $(filter 1,$(BENCH_CONVERGE)),--converge)
 
 plan: venv
 	ansible-playbook -i inventories/$(or $(ENV),production) playbooks/plan.yml
