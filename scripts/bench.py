@@ -8,7 +8,8 @@ On a converged all-in-one host (default: the local host of `make up`):
   2. PostgreSQL: pgbench tpcb-like on a scratch cluster (port 5499, dropped
      afterwards) with Debian's defaults and with the capacity plan's settings,
      alternating, on the same data;
-  3. tasks: write tasks posted through nginx until every row exists, against a
+  3. tasks: write tasks posted through nginx (clients keeping their connection;
+     also new TLS connections) until every row exists, against a
      bare Celery no-op worker with the pools' total concurrency on the same broker;
   4. (--converge) the local host converged from scratch, then re-run (changed=0).
 Prints a table with ratios and targets and writes .build/bench/<time>.json
@@ -205,22 +206,31 @@ def end_to_end(host, plan: dict, size: dict, results: dict) -> None:
     count, queues = size["tasks"], plan["celery"]["routes"]
     pools = plan["celery"]["pools"]
     concurrency = sum(int(p["concurrency"]) for p in pools)
-    prefix = f"bench-{uuid.uuid4().hex[:8]}-"
-    addresses = sources(200, offset=1200)
-    requests = [{"method": "POST", "path": "/api/tasks", "source": addresses[i % len(addresses)],
-                 "body": {"kind": "write", "key": f"{prefix}{i}", "queue": queues[i % len(queues)]}}
-                for i in range(count)]
-    started = time.monotonic()
-    answers = https(host, requests, workers=16)
-    enqueue_seconds = time.monotonic() - started
-    refused = [a for a in answers if a[0] != 202]
-    if refused:
-        raise RuntimeError(f"{len(refused)} of {count} POSTs were not accepted: {refused[:3]}")
-    while (done := rows_with_prefix(host, prefix)) < count:
-        if time.monotonic() - started > 600:
-            raise RuntimeError(f"only {done} of {count} rows after 600 s")
-        time.sleep(0.2)
-    e2e_seconds = time.monotonic() - started
+
+    def through_nginx(by_source: bool) -> tuple[float, float]:
+        """Seconds from the first POST to the last row, and to the last POST's answer."""
+        prefix = f"bench-{uuid.uuid4().hex[:8]}-"
+        # 200 client addresses, ~10 requests each: under nginx's per-address limit.
+        addresses = sources(200, offset=1200)
+        requests = [{"method": "POST", "path": "/api/tasks", "source": addresses[i % len(addresses)],
+                     "body": {"kind": "write", "key": f"{prefix}{i}", "queue": queues[i % len(queues)]}}
+                    for i in range(count)]
+        started = time.monotonic()
+        answers = https(host, requests, workers=16, by_source=by_source)
+        enqueued = time.monotonic() - started
+        refused = [a for a in answers if a[0] != 202]
+        if refused:
+            raise RuntimeError(f"{len(refused)} of {count} POSTs were not accepted: {refused[:3]}")
+        while (done := rows_with_prefix(host, prefix)) < count:
+            if time.monotonic() - started > 600:
+                raise RuntimeError(f"only {done} of {count} rows after 600 s")
+            time.sleep(0.2)
+        return time.monotonic() - started, enqueued
+
+    # Clients that keep their connection (the compared figure), then clients
+    # that open a new TLS connection for almost every request.
+    e2e_seconds, enqueue_seconds = through_nginx(by_source=True)
+    new_tls_seconds, new_tls_enqueue_seconds = through_nginx(by_source=False)
 
     image = run(host, "docker inspect --format '{{.Config.Image}}' celery-worker-" + pools[0]["name"], "image").strip()
     queue = f"bench-noop-{uuid.uuid4().hex[:8]}"
@@ -242,9 +252,11 @@ def end_to_end(host, plan: dict, size: dict, results: dict) -> None:
         host.run(f"REDISCLI_AUTH={_q(secret('redis_broker_admin_password'))} redis-cli --user admin --no-auth-warning "
                  f"DEL {queue} {queue}:done")
     results["comparisons"].append(bench.comparison(
-        "end_to_end", f"{count} write tasks via nginx", count / e2e_seconds,
+        "end_to_end", f"{count} write tasks via nginx, keep-alive", count / e2e_seconds,
         f"bare Celery no-op, concurrency {concurrency}", count / bare["seconds"], "tasks/s",
         e2e_seconds=round(e2e_seconds, 2), enqueue_seconds=round(enqueue_seconds, 2),
+        new_tls_connections_tasks_per_second=round(count / new_tls_seconds, 1),
+        new_tls_connections_enqueue_seconds=round(new_tls_enqueue_seconds, 2),
         bare_seconds=round(bare["seconds"], 2), bare_enqueue_seconds=round(bare["enqueue_seconds"], 2),
         queues=queues, pools={p["name"]: p["concurrency"] for p in pools},
     ))

@@ -47,37 +47,48 @@ def record(host, name: str, values: dict) -> None:
 # with the host's python3 (stdlib only). argv[1]: JSON list of requests
 # {method, path, body?, source?}, zlib-compressed and base64-encoded (one
 # argument may not exceed 128 KiB); prints a JSON list of [status, body|error, seconds].
+# argv[3] "by-source": each thread takes all requests of one source address
+# at a time, in order, on one keep-alive connection (clients that keep their
+# connection); default: any thread takes the next request, so most requests
+# open a new TLS connection (many short-lived clients).
 CLIENT = r"""
 import base64, http.client, json, ssl, sys, threading, time, queue, zlib
 requests = json.loads(zlib.decompress(base64.b64decode(sys.argv[1]))); workers = int(sys.argv[2])
+by_source = len(sys.argv) > 3 and sys.argv[3] == "by-source"
 context = ssl._create_unverified_context()
 results = [None] * len(requests); jobs = queue.Queue()
+groups = {}
 for index, request in enumerate(requests):
-    jobs.put(index)
+    groups.setdefault(request.get("source", "127.0.0.1") if by_source else index, []).append(index)
+for group in groups.values():
+    jobs.put(group)
 def work():
     connections = {}
     while True:
         try:
-            index = jobs.get_nowait()
+            group = jobs.get_nowait()
         except queue.Empty:
             return
-        request = requests[index]; source = request.get("source", "127.0.0.1")
-        started = time.monotonic()
-        for attempt in (1, 2):
-            conn = connections.get(source)
-            if conn is None:
-                conn = connections[source] = http.client.HTTPSConnection(
-                    "127.0.0.1", 443, timeout=30, context=context, source_address=(source, 0))
-            try:
-                body = json.dumps(request["body"]) if "body" in request else None
-                headers = {"Content-Type": "application/json"} if body else {}
-                conn.request(request["method"], request["path"], body=body, headers=headers)
-                answer = conn.getresponse(); data = answer.read().decode()
-                results[index] = [answer.status, data, round(time.monotonic() - started, 4)]
-                break
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close(); connections.pop(source, None)
-                results[index] = [0, f"{type(exc).__name__}: {exc}", round(time.monotonic() - started, 4)]
+        for index in group:
+            send(connections, index)
+def send(connections, index):
+    request = requests[index]; source = request.get("source", "127.0.0.1")
+    started = time.monotonic()
+    for attempt in (1, 2):
+        conn = connections.get(source)
+        if conn is None:
+            conn = connections[source] = http.client.HTTPSConnection(
+                "127.0.0.1", 443, timeout=30, context=context, source_address=(source, 0))
+        try:
+            body = json.dumps(request["body"]) if "body" in request else None
+            headers = {"Content-Type": "application/json"} if body else {}
+            conn.request(request["method"], request["path"], body=body, headers=headers)
+            answer = conn.getresponse(); data = answer.read().decode()
+            results[index] = [answer.status, data, round(time.monotonic() - started, 4)]
+            break
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close(); connections.pop(source, None)
+            results[index] = [0, f"{type(exc).__name__}: {exc}", round(time.monotonic() - started, 4)]
 threads = [threading.Thread(target=work) for _ in range(workers)]
 [t.start() for t in threads]; [t.join() for t in threads]
 print(json.dumps(results))
@@ -89,14 +100,14 @@ def sources(count: int, offset: int = 0) -> list[str]:
     return [f"127.0.{1 + (offset + i) // 250}.{1 + (offset + i) % 250}" for i in range(count)]
 
 
-def client_command(requests: list[dict], workers: int) -> str:
+def client_command(requests: list[dict], workers: int, by_source: bool = False) -> str:
     """The shell command that runs CLIENT on the host for these requests."""
     packed = base64.b64encode(zlib.compress(json.dumps(requests).encode())).decode()
-    return f"python3 -c {_q(CLIENT)} {packed} {workers}"
+    return f"python3 -c {_q(CLIENT)} {packed} {workers}" + (" by-source" if by_source else "")
 
 
-def https(host, requests: list[dict], workers: int = 16) -> list[list]:
-    result = host.run(client_command(requests, workers))
+def https(host, requests: list[dict], workers: int = 16, by_source: bool = False) -> list[list]:
+    result = host.run(client_command(requests, workers, by_source))
     assert result.rc == 0, result.stderr
     return json.loads(result.stdout)
 
