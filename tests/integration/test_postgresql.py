@@ -165,11 +165,16 @@ def test_password_authentication(host, cfg):
 
 
 def test_login_roles_carry_the_configured_scram_iterations(host, cfg):
-    """Every managed login role's verifier has postgresql_scram_iterations; the app still logs in with it."""
-    names = [cfg[k] for k in ("postgresql_app_user", "postgresql_monitor_user", "postgresql_pgbouncer_auth_user") if cfg[k]]
-    listed = ", ".join(f"'{name}'" for name in names)
+    """Each managed login role's verifier has its configured iteration count; the app still logs in with it."""
+    expected = {
+        cfg["postgresql_app_user"]: cfg["postgresql_scram_iterations"],
+        cfg["postgresql_pgbouncer_auth_user"]: cfg["postgresql_scram_iterations"],
+        cfg["postgresql_monitor_user"]: cfg["postgresql_monitor_scram_iterations"],
+    }
+    expected.pop(None, None)
+    listed = ", ".join(f"'{name}'" for name in expected)
     rows = dict(sql(host, f"SELECT rolname, split_part(rolpassword, ':', 1) FROM pg_authid WHERE rolname IN ({listed})"))
-    assert rows == {name: f"SCRAM-SHA-256${cfg['postgresql_scram_iterations']}" for name in names}
+    assert rows == {name: f"SCRAM-SHA-256${count}" for name, count in expected.items()}
     right = psql_tcp(host, cfg["postgresql_port"], cfg["postgresql_app_user"], cfg["postgresql_app_database"],
                      secret("postgresql_app_password"))
     assert right.rc == 0, right.stderr
