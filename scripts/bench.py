@@ -170,7 +170,8 @@ def tuned_vs_defaults(host, plan: dict, size: dict, results: dict) -> None:
     lines = "".join(f"{k} = '{v}'\n" for k, v in sorted(settings.items()))
     socket = ["-h", "/var/run/postgresql", "-p", str(BENCH_PORT)]
     clients = max(1, min(size["tpcb_clients"], int(settings["max_connections"]) - int(settings["superuser_reserved_connections"]) - 2))
-    drop = f"pg_dropcluster --stop {version} bench 2>/dev/null || true"
+    # pg_dropcluster leaves conf.d/50-plan.conf (not its file) and so the directory.
+    drop = f"(pg_dropcluster --stop {version} bench 2>/dev/null || true) && rm -rf /etc/postgresql/{version}/bench"
     run(host, drop, "drop an old scratch cluster")
     try:
         run(host, f"pg_createcluster {version} bench -p {BENCH_PORT} >/dev/null && pg_ctlcluster {version} bench start",

@@ -36,5 +36,6 @@ def test_bench_smoke_measures_every_comparison(host, inventory_vars):
     assert (crowd["clients"], crowd["failed"], crowd["errors"]) == (1000, 0, 0), crowd
     # The scratch cluster is gone.
     assert "bench" not in host.run("pg_lsclusters -h").stdout
+    assert not host.run("ls -d /etc/postgresql/*/bench 2>/dev/null").stdout.strip()
     assert host.run("docker ps -a --format '{{.Names}}'").stdout.count("celery-stack-bench") == 0
     record(host, "bench smoke", {name: row["ratio"] for name, row in rows.items()})
