@@ -127,3 +127,99 @@ def test_testssl_finds_no_weak_protocol_or_vulnerability(host, role_vars):
     bad = [f for f in findings if f["severity"] in ("LOW", "MEDIUM", "HIGH", "CRITICAL")]
     assert not bad, bad
     assert len([f for f in findings if f["severity"] == "OK"]) >= 15, findings
+
+
+# --- role hardening, read back from the host ---------------------------------------------
+
+HOST_GLOBAL = ("vm.", "fs.", "kernel.", "dev.", "net.core.bpf_jit")
+
+
+@pytest.mark.parametrize("key", sorted(yaml.safe_load((ROOT / "roles/hardening/defaults/main.yml").read_text())["hardening_sysctl"]))
+def test_hardening_sysctl(host, role_vars, key):
+    cfg = role_vars("hardening")
+    value = {**cfg["hardening_sysctl"], **cfg["hardening_sysctl_extra"]}[key]
+    conf = host.file("/etc/sysctl.d/61-celery-stack-hardening.conf")
+    assert f"{key} = {value}" in conf.content_string.splitlines()
+    if key.startswith(HOST_GLOBAL) and host.run("systemd-detect-virt --container --quiet").rc == 0:
+        pytest.skip(f"{key} is host-global: written, not applied inside a container")
+    live = host.run(f"sysctl -n {key}")
+    assert live.rc == 0, live.stderr
+    assert live.stdout.strip() == str(value)
+
+
+def test_docker_forwarding_kept(host):
+    assert host.run("sysctl -n net.ipv4.ip_forward").stdout.strip() == "1"
+
+
+def test_unattended_security_upgrades(host, role_vars):
+    cfg = role_vars("hardening")
+    for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
+        assert host.service(timer).is_enabled and host.service(timer).is_running, timer
+    # unattended-upgrades' own reading of the policy (no package is changed by a dry run).
+    dry = host.run("unattended-upgrade --dry-run --debug 2>&1 | head -40")
+    assert "Allowed origins are:" in dry.stdout, dry.stdout
+    origins = dry.stdout.split("Allowed origins are:", 1)[1].splitlines()[0]
+    assert "label=Debian-Security" in origins and "-updates" not in origins
+    blacklist = [line for line in dry.stdout.splitlines() if "blacklist" in line.lower()][0]
+    for pattern in cfg["hardening_unattended_upgrades_blacklist"]:
+        assert pattern in blacklist, blacklist
+    policy = host.run("apt-config dump Unattended-Upgrade::Automatic-Reboot").stdout
+    assert '"false"' in policy
+
+
+def test_login_defaults(host, role_vars):
+    cfg = role_vars("hardening")
+    defs = dict(
+        line.split(None, 1) for line in host.file("/etc/login.defs").content_string.splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    assert defs["UMASK"] == cfg["hardening_umask"]
+    assert defs["PASS_MAX_DAYS"] == str(cfg["hardening_pass_max_days"])
+    assert defs["PASS_MIN_DAYS"] == str(cfg["hardening_pass_min_days"])
+    # A login shell gets the umask, the idle timeout and no core dumps.
+    shell = host.run("su - nobody -s /bin/bash -c 'umask; echo $TMOUT; ulimit -c'")
+    assert shell.stdout.split() == [f"0{cfg['hardening_umask'][-3:]}", str(cfg["hardening_shell_timeout"]), "0"], shell.stdout
+    # useradd reads login.defs without complaint and applies the ageing.
+    made = host.run("useradd -M celery-stack-probe && chage -l celery-stack-probe; userdel celery-stack-probe")
+    assert made.rc == 0 and "configuration error" not in made.stderr, made.stderr
+    assert f"Minimum number of days between password change\t\t: {cfg['hardening_pass_min_days']}" in made.stdout
+
+
+def test_unused_modules_refused(host, role_vars):
+    for module in role_vars("hardening")["hardening_disabled_modules"]:
+        dry = host.run(f"modprobe --dry-run --verbose {module}")
+        assert "install /bin/false" in dry.stdout, (module, dry.stdout, dry.stderr)
+
+
+def test_sshd_key_only_and_fail2ban(host, role_vars):
+    cfg = role_vars("hardening")
+    if not cfg["hardening_ssh_manage"]:
+        pytest.skip("hardening_ssh_manage is false")
+    assert host.service("ssh").is_running and host.service("ssh").is_enabled
+    effective = dict(line.split(" ", 1) for line in host.run("sshd -T").stdout.splitlines() if " " in line)
+    assert effective["permitrootlogin"] == cfg["hardening_ssh_permit_root"]
+    assert effective["passwordauthentication"] == "no"
+    assert effective["kbdinteractiveauthentication"] == "no"
+    assert effective["authenticationmethods"] == "publickey"
+    assert effective["maxauthtries"] == str(cfg["hardening_ssh_max_auth_tries"])
+    assert effective["x11forwarding"] == "no" and effective["allowagentforwarding"] == "no"
+    assert effective["port"] == str(cfg["hardening_ssh_port"])
+    if cfg["hardening_fail2ban"]:
+        jail = host.run("fail2ban-client status sshd")
+        assert jail.rc == 0 and "Journal matches" in jail.stdout, jail.stdout + jail.stderr
+    # A password login is refused before any password is asked.
+    probe = host.run(
+        "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+        " -o PreferredAuthentications=password -p %s nobody@127.0.0.1 true" % cfg["hardening_ssh_port"]
+    )
+    assert probe.rc != 0 and "Permission denied" in probe.stderr, probe.stderr
+
+
+def test_lynis_profile_lists_each_deviation_with_its_reason(host, role_vars):
+    cfg = role_vars("hardening")
+    text = host.file("/etc/lynis/custom.prf").content_string
+    for skip in cfg["hardening_lynis_skip_tests"] + cfg["hardening_lynis_skip_tests_extra"]:
+        line = f"skip-test={skip['test']}"
+        assert line in text.splitlines()
+        before = text.split(line, 1)[0].rstrip().splitlines()[-1]
+        assert before.startswith("# "), before
