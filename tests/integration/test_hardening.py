@@ -223,3 +223,17 @@ def test_lynis_profile_lists_each_deviation_with_its_reason(host, role_vars):
         assert line in text.splitlines()
         before = text.split(line, 1)[0].rstrip().splitlines()[-1]
         assert before.startswith("# "), before
+
+
+def test_memory_caps_from_the_plan(host, plan):
+    """PgBouncer and the exporters (one slice) are capped at the plan's shares."""
+    memory = plan["memory"]
+    exporters = host.run("systemctl list-units --plain --no-legend 'prometheus-*-exporter.service'").stdout
+    units = [line.split()[0] for line in exporters.splitlines() if line.strip()]
+    for unit in units:
+        assert host.run(f"systemctl show -P Slice {unit}").stdout.strip() == "celery-stack-exporters.slice", unit
+    if units:
+        slice_max = host.run("systemctl show -P MemoryMax celery-stack-exporters.slice").stdout.strip()
+        assert slice_max == str(memory["exporters"] * 1024 * 1024), slice_max
+    if "pgbouncer" in memory:
+        assert host.run("systemctl show -P MemoryMax pgbouncer").stdout.strip() == str(memory["pgbouncer"] * 1024 * 1024)
